@@ -1,0 +1,1 @@
+"""seguncert.engine"""

@@ -1,0 +1,102 @@
+"""The staged-model contract behind the prefix/suffix split.
+
+Every seguncert network is a list of *stages*; each stage maps a state dict to a state dict
+(``{"x": tensor, "skips": [...], "indices": [...]}`` and so on, every tensor batch-first).
+Only the stages from the first active dropout on differ between MC samples, so inference runs
+``forward_prefix`` once per image and ``forward_suffix`` on the state replicated T times
+(:func:`repeat_state`). ``forward(x) == forward_suffix(forward_prefix(x))`` always.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+State = dict
+
+
+class MCDropout(nn.Dropout):
+    """Element-wise dropout that MC sampling switches back on at test time.
+
+    A distinct class so the sampler finds exactly the dropout layers that the Bayesian
+    placement inserted (and not, say, dropout inside a third-party encoder).
+    """
+
+
+def has_active_dropout(module: nn.Module) -> bool:
+    return any(isinstance(m, MCDropout) and m.p > 0 for m in module.modules())
+
+
+class StagedModel(nn.Module):
+    """Base class: subclasses fill ``self.stages`` and set ``self.spec`` (a plain dict that
+    rebuilds the model through :func:`seguncert.models.build.model_from_spec`)."""
+
+    stages: nn.ModuleList
+    spec: dict
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        state: State = {"x": x, "input_size": x.shape[-2:]}
+        for stage in self.stages:
+            state = stage(state)
+        return self._outputs(state)
+
+    def _outputs(self, state: State) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in state.items() if k in self.output_keys}
+
+    output_keys: tuple[str, ...] = ("logits", "logit_log_var", "depth_loc", "depth_log_scale")
+
+    @property
+    def split_index(self) -> int:
+        """Index of the first stage holding an active MC dropout (len(stages) when none)."""
+        for i, stage in enumerate(self.stages):
+            if has_active_dropout(stage):
+                return i
+        return len(self.stages)
+
+    def forward_prefix(self, x: torch.Tensor) -> State:
+        """The deterministic part: every stage before the first active dropout."""
+        state: State = {"x": x, "input_size": x.shape[-2:]}
+        for stage in self.stages[: self.split_index]:
+            state = stage(state)
+        return state
+
+    def forward_suffix(self, state: State) -> dict[str, torch.Tensor]:
+        """The stochastic rest, on a (possibly replicated) prefix state."""
+        for stage in self.stages[self.split_index :]:
+            state = stage(state)
+        return self._outputs(state)
+
+
+def repeat_state(state: State, n: int) -> State:
+    """Replicate every batch-first tensor of ``state`` n times: batch B becomes n*B, sample-major
+    (rows [k*B:(k+1)*B] are sample k). Views via expand where possible; one copy per tensor."""
+
+    def rep(v):
+        if isinstance(v, torch.Tensor) and v.dim() > 0:
+            return v.unsqueeze(0).expand(n, *v.shape).reshape(n * v.shape[0], *v.shape[1:])
+        if isinstance(v, (list, tuple)):
+            return type(v)(rep(t) for t in v)
+        return v
+
+    return {k: (v if k == "input_size" else rep(v)) for k, v in state.items()}
+
+
+@contextlib.contextmanager
+def mc_dropout_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode everywhere (BatchNorm uses running stats) except MCDropout layers, which sample.
+
+    Restores each module's previous ``training`` flag on exit.
+    """
+    previous = {m: m.training for m in model.modules()}
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, MCDropout):
+            m.train()
+    try:
+        yield model
+    finally:
+        for m, flag in previous.items():
+            m.training = flag
