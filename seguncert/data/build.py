@@ -1,0 +1,141 @@
+"""Datasets from a Config: ``build_datasets(cfg) -> (train_ds, val_ds, DatasetMeta)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import Subset
+
+from ..errors import ConfigError, DataError
+from .camvid import CamVidDataset, median_frequency_weights
+from .common import CAMVID_CLASSES, IMAGENET_MEAN, IMAGENET_STD, DatasetMeta
+from .depth import DepthDataset
+from .transforms import build_eval_transform, build_train_transform
+
+# Which model tasks each dataset has targets for.
+DATASET_TASKS = {
+    "camvid": ("segmentation",),
+    "depth": ("depth",),
+    "synthetic": ("segmentation", "depth", "joint"),
+}
+SYNTHETIC_WEIGHT_FRAMES = 128  # rendered frames used to estimate synthetic class weights
+
+
+def _data_root(cfg) -> Path:
+    if cfg.data.root is None:
+        raise DataError(
+            f"data root not set for data.dataset={cfg.data.dataset} (set data.root or --data-root)"
+        )
+    root = Path(cfg.data.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data root not found: {root} (set data.root or --data-root)")
+    return root
+
+
+def _size(value) -> tuple[int, int] | None:
+    return tuple(int(v) for v in value) if value is not None else None
+
+
+def _camvid(cfg, split: str) -> CamVidDataset:
+    if cfg.model.num_classes != len(CAMVID_CLASSES):
+        raise ConfigError(
+            f"model.num_classes is {cfg.model.num_classes} but CamVid has {len(CAMVID_CLASSES)}"
+        )
+    d = cfg.data
+    return CamVidDataset(_data_root(cfg), split, size=_size(d.size), cache=d.cache)
+
+
+def _depth(cfg, split: str) -> DepthDataset:
+    d = cfg.data
+    return DepthDataset(
+        _data_root(cfg),
+        split,
+        encoding=d.depth_encoding,
+        min_depth=d.min_depth,
+        max_depth=d.max_depth,
+        size=_size(d.size),
+        cache=d.cache,
+        seed=cfg.train.seed,
+    )
+
+
+def _synthetic(cfg, split: str):
+    from .synthetic import SyntheticStreetScenes  # written separately; import only when used
+
+    d = cfg.data
+    train = split == d.train_split
+    # A different seed for val, so validation frames are never copies of training frames.
+    return SyntheticStreetScenes(
+        d.synthetic_train if train else d.synthetic_val,
+        size=tuple(d.synthetic_size),
+        seed=d.synthetic_seed if train else d.synthetic_seed + 10_000,
+    )
+
+
+BUILDERS = {"camvid": _camvid, "depth": _depth, "synthetic": _synthetic}
+
+
+def _limit(ds, n: int | None, key: str):
+    if n is None:
+        return ds
+    if n < 1:
+        raise ConfigError(f"config key '{key}' must be at least 1, got {n}")
+    return Subset(ds, range(min(n, len(ds))))
+
+
+def build_datasets(cfg):
+    """Train and val datasets with their transforms, and the DatasetMeta for the checkpoint.
+
+    Class weights (median frequency, on the raw training labels actually used, i.e. after
+    ``data.limit_train``) are filled when ``loss.class_weights`` asks and the task has labels.
+    """
+    d, task = cfg.data, cfg.model.task
+    builder = BUILDERS.get(d.dataset)
+    if builder is None:
+        raise ConfigError(f"unknown data.dataset {d.dataset!r}; expected one of {list(BUILDERS)}")
+    if task not in DATASET_TASKS[d.dataset]:
+        raise ConfigError(
+            f"model.task={task} needs targets that data.dataset={d.dataset} does not have "
+            f"(it serves {', '.join(DATASET_TASKS[d.dataset])})"
+        )
+    train_raw = builder(cfg, d.train_split)
+    val_raw = builder(cfg, d.val_split)
+    if len(train_raw) == 0 or len(val_raw) == 0:
+        raise DataError(f"empty dataset: {len(train_raw)} train / {len(val_raw)} val samples")
+    train_ds = _limit(train_raw, d.limit_train, "data.limit_train")
+    val_ds = _limit(val_raw, d.limit_val, "data.limit_val")
+
+    min_depth, max_depth = float(d.min_depth), float(d.max_depth)
+    if d.dataset == "synthetic":
+        # Rendered depth has a fixed range of its own (0.5 m to 80 m), whatever the config says.
+        from .synthetic import MAX_DEPTH, MIN_DEPTH
+
+        min_depth, max_depth = float(MIN_DEPTH), float(MAX_DEPTH)
+    meta = DatasetMeta(
+        task=task,
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
+        min_depth=min_depth,
+        max_depth=max_depth,
+    )
+    if cfg.loss.class_weights == "median_frequency" and task in ("segmentation", "joint"):
+        # Before the transform is attached, so the weights come from the raw labels.
+        source = train_ds
+        if d.dataset == "synthetic" and len(train_ds) > SYNTHETIC_WEIGHT_FRAMES:
+            # Synthetic frames are independent draws rendered on demand (no files to read):
+            # a fixed subset estimates the class frequencies without rendering an extra epoch.
+            source = Subset(train_ds, range(SYNTHETIC_WEIGHT_FRAMES))
+        weights = median_frequency_weights(source, num_classes=cfg.model.num_classes)
+        meta.class_weights = [round(float(w), 6) for w in weights]
+
+    train_raw.transform = build_train_transform(
+        crop=_size(d.crop),
+        scale_range=tuple(d.scale_range),
+        hflip=d.hflip,
+        color_jitter=d.color_jitter,
+        mean=meta.mean,
+        std=meta.std,
+        seed=cfg.train.seed,
+    )
+    val_raw.transform = build_eval_transform(meta.mean, meta.std, pad_to=32)
+    return train_ds, val_ds, meta

@@ -1,0 +1,159 @@
+"""The metric sets :func:`~seguncert.engine.evaluation.evaluate_checkpoint` feeds per image.
+
+Each set wraps the streaming metrics of :mod:`seguncert.metrics` (fixed-size histograms) plus a
+few per-class sums for the calibration table, takes one image's sampler maps cropped to its
+original size, and turns everything into the JSON-able sections of metrics.json.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..data.common import IGNORE_INDEX
+from ..metrics.calibration import CalibrationMetrics
+from ..metrics.quality import PAvPU, UncertaintyQuality
+from ..metrics.segmentation import ConfusionMatrix
+
+SEG_MAPS = ("entropy", "aleatoric", "epistemic", "prob_var")
+PAVPU_DEFAULT_MAP = "epistemic"
+QUALITY_KEYS = ("auroc", "aupr", "aurc", "eaurc")
+SWEEP_KEYS = ("threshold", "certain_fraction", "pavpu", "p_accurate_given_certain",
+              "p_uncertain_given_inaccurate")
+
+
+def seg_ranges(num_classes: int) -> dict:
+    """Histogram ranges of the bounded maps (the learned logit variance is unbounded: None)."""
+    log_c = math.log(num_classes)
+    return {"entropy": (0.0, log_c), "aleatoric": (0.0, log_c), "epistemic": (0.0, log_c),
+            "prob_var": (0.0, 0.25)}  # a probability's variance is at most 1/4
+
+
+class SegmentationEval:
+    """Confusion matrix, calibration, error detection (AUROC/AUPR/AURC, precision curves),
+    PAvPU and per-class table sums over every labelled pixel of a split."""
+
+    def __init__(self, num_classes: int, n_bins: int, heteroscedastic: bool) -> None:
+        c = self.num_classes = num_classes
+        self.maps = SEG_MAPS + (("logit_var",) if heteroscedastic else ())
+        ranges = seg_ranges(c)
+        self.cm = ConfusionMatrix(c)
+        self.cal = CalibrationMetrics(c, n_bins=n_bins)
+        self.quality = UncertaintyQuality(self.maps, ranges=ranges)
+        self.pavpu = PAvPU(self.maps, ranges=ranges)
+        # MI error detection among the pixels of each true class (coarse histograms are enough).
+        self.class_quality = [
+            UncertaintyQuality(["epistemic"], n_bins=256, ranges=ranges, percentiles=[0])
+            for _ in range(c)
+        ]
+        self.map_sum = torch.zeros(len(self.maps), dtype=torch.float64)
+        self.prob_sum = torch.zeros(c, dtype=torch.float64)  # sum of p_c over labelled pixels
+        self.pred_conf_sum = torch.zeros(c, dtype=torch.float64)  # top confidence, by prediction
+
+    @torch.no_grad()
+    def update(self, out: dict, label: torch.Tensor) -> None:
+        """out: sampler maps of one image, (1, C, H, W) / (1, H, W); label (1, H, W)."""
+        probs, pred = out["probs"], out["pred"]
+        label = label.to(pred.device)
+        valid = label != IGNORE_INDEX
+        correct = (pred == label) & valid
+        self.cm.update(pred, label)
+        self.cal.update(probs, label)
+        maps = {k: out[k].float() for k in self.maps}
+        self.quality.update(maps, correct, valid)
+        self.pavpu.update(maps, correct, valid)
+        for c, q in enumerate(self.class_quality):
+            m = valid & (label == c)
+            if bool(m.any()):
+                q.update({"epistemic": maps["epistemic"]}, correct, m)
+        self.map_sum += torch.stack([maps[k][valid].double().sum() for k in self.maps]).cpu()
+        p = probs.permute(1, 0, 2, 3)[:, valid].double()  # (C, P)
+        self.prob_sum += p.sum(1).cpu()
+        self.pred_conf_sum += torch.bincount(
+            pred[valid].cpu(), weights=p.max(0).values.cpu(), minlength=self.num_classes
+        )
+
+    def _pavpu(self, count: int) -> dict:
+        """PAvPU at the default threshold (each map's mean over labelled pixels: a data-free
+        rule, unlike the optimistic best-of-sweep, also reported) and the epistemic sweep."""
+        means = {k: float(s) / max(count, 1) for k, s in zip(self.maps, self.map_sum, strict=True)}
+        res = self.pavpu.compute(threshold=means)
+        per_map = {}
+        for k, r in res.items():
+            at, best = r["at_threshold"] or {}, r["best"] or {}
+            per_map[k] = {
+                "value": at.get("pavpu", float("nan")),
+                "threshold": at.get("threshold", float("nan")),
+                "p_accurate_given_certain": at.get("p_accurate_given_certain", float("nan")),
+                "p_uncertain_given_inaccurate": at.get(
+                    "p_uncertain_given_inaccurate", float("nan")
+                ),
+                "best": {key: best.get(key, float("nan")) for key in SWEEP_KEYS},
+                "patches": r["patches"],
+            }
+        main = per_map[PAVPU_DEFAULT_MAP]
+        sweep = res[PAVPU_DEFAULT_MAP]["sweep"]
+        return {
+            **{k: v for k, v in main.items()},
+            "map": PAVPU_DEFAULT_MAP,
+            "threshold_rule": "mean of the map over labelled pixels",
+            "patch_size": self.pavpu.patch_size,
+            "sweep": {key: sweep[key] for key in SWEEP_KEYS},
+            "maps": per_map,
+        }
+
+    def compute(self, class_names) -> tuple[dict, list[dict]]:
+        """(metrics.json segmentation section, per-class table rows)."""
+        cm, cal, q = self.cm.compute(), self.cal.compute(), self.quality.compute()
+        names = list(class_names)
+        total = cm["count"]
+        conf = np.asarray(cm["confusion"], dtype=np.float64)
+        predicted = conf.sum(0)
+        rows = []
+        for c, name in enumerate(names):
+            mi = self.class_quality[c].compute()["maps"]["epistemic"]
+            has_pred = predicted[c] > 0
+            rows.append(
+                {
+                    "class": name,
+                    "support": cm["support"][c],
+                    "pixel_share": cm["support"][c] / total if total else float("nan"),
+                    "iou": cm["per_class_iou"][c],
+                    "accuracy": cm["per_class_accuracy"][c],
+                    "precision": conf[c, c] / predicted[c] if has_pred else float("nan"),
+                    "mean_confidence": (
+                        float(self.pred_conf_sum[c]) / predicted[c] if has_pred else float("nan")
+                    ),
+                    "mean_prob": float(self.prob_sum[c]) / total if total else float("nan"),
+                    "classwise_ece": cal["classwise_ece"][c],
+                    "mi_auroc": mi["auroc"],
+                }
+            )
+        unc = {}
+        for i, (k, v) in enumerate(q["maps"].items()):
+            unc[k] = {m: v[m] for m in QUALITY_KEYS}
+            unc[k]["mean"] = float(self.map_sum[i]) / total if total else float("nan")
+        metrics = {
+            "miou": cm["miou"],
+            "per_class_iou": dict(zip(names, cm["per_class_iou"], strict=True)),
+            "pixel_accuracy": cm["pixel_accuracy"],
+            "class_accuracy": cm["class_accuracy"],
+            "per_class_accuracy": dict(zip(names, cm["per_class_accuracy"], strict=True)),
+            "ece": cal["ece"],
+            "mce": cal["mce"],
+            "classwise_ece": dict(zip(names, cal["classwise_ece"], strict=True)),
+            "mean_classwise_ece": cal["mean_classwise_ece"],
+            "nll": cal["nll"],
+            "brier": cal["brier"],
+            "pavpu": self._pavpu(total),
+            "uncertainty": unc,
+            "error_rate": q["error_rate"],
+            "precision_curves": {k: v["precision_curve"] for k, v in q["maps"].items()},
+            "reliability": cal["reliability"],
+            "classwise_reliability": cal["classwise_reliability"],
+            "confusion": cm["confusion"],
+            "num_pixels": total,
+        }
+        return metrics, rows

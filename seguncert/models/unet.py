@@ -1,0 +1,152 @@
+"""Bayesian U-Net on any segmentation-models-pytorch encoder, as a staged model.
+
+Stages: [encoder, bottleneck dropout, decoder block 1..5, head]. The encoder stage puts the
+skip features (strides 2..16) on the state and each decoder block pops the one it concatenates,
+so a replicated suffix state carries only the skips still to come. Decoder blocks are our own
+(upsample x2, concat skip, 2 x conv-BN-ReLU) so that each is a stage the dropout can split at.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError, SeguncertError
+from .base import StagedModel, State
+from .dropout import get_preset, make_dropout
+from .heads import HeadStage
+
+
+def build_smp_encoder(name: str, weights: str | None, in_channels: int = 3) -> nn.Module:
+    """smp encoder of depth 5, with a one-line error for an unknown name or weights."""
+    import segmentation_models_pytorch as smp
+
+    known = smp.encoders.encoders
+    if name not in known and not name.startswith("tu-"):
+        examples = "resnet18, resnet34, resnet50, mobilenet_v2, efficientnet-b0, tu-<timm name>"
+        raise ConfigError(
+            f"config key 'model.encoder' is {name!r}: not a segmentation-models-pytorch "
+            f"encoder (e.g. {examples}; {len(known)} names in smp.encoders.encoders)"
+        )
+    if weights is not None and name in known:
+        settings = known[name]["pretrained_settings"]
+        if weights not in settings:
+            raise ConfigError(
+                f"config key 'model.encoder_weights' is {weights!r}; encoder {name} offers "
+                f"{', '.join(settings) or 'none'} (or null)"
+            )
+    try:
+        return smp.encoders.get_encoder(name, in_channels=in_channels, depth=5, weights=weights)
+    except (KeyError, ValueError) as e:  # e.g. an unknown timm model behind "tu-"
+        raise ConfigError(f"config key 'model.encoder' is {name!r}: {e}") from None
+    except Exception as e:  # weight download failed (offline, proxy, cache)
+        if weights is None:
+            raise
+        raise SeguncertError(
+            f"could not fetch {weights} weights for encoder {name} ({type(e).__name__}: {e}); "
+            "set model.encoder_weights=null to train from scratch"
+        ) from None
+
+
+class EncoderStage(nn.Module):
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, state: State) -> State:
+        feats = self.encoder(state["x"])
+        # feats[0] is the input itself; feats[1:5] (strides 2..16) are the skips.
+        return {**state, "x": feats[-1], "skips": list(feats[1:-1])}
+
+
+class DropoutStage(nn.Module):
+    """Dropout on the deepest encoder features (Identity when the preset has none)."""
+
+    def __init__(self, dropout: nn.Module):
+        super().__init__()
+        self.drop = dropout
+
+    def forward(self, state: State) -> State:
+        return {**state, "x": self.drop(state["x"])}
+
+
+class DecoderBlock(nn.Module):
+    """Optional dropout on the incoming map (previous block's output) -> nearest upsample to the
+    skip's size -> concat skip -> 2 x (3x3 conv, BN, ReLU)."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, dropout: nn.Module):
+        super().__init__()
+        self.drop = dropout
+        self.convs = nn.Sequential(
+            nn.Conv2d(in_channels + skip_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+        self.has_skip = skip_channels > 0
+
+    def forward(self, state: State) -> State:
+        x = self.drop(state["x"])
+        skips = state["skips"]
+        if self.has_skip:
+            *skips, skip = skips
+            x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+            x = torch.cat([x, skip], dim=1)
+        else:
+            # Last block: back to the input size (x2 for sizes divisible by 32).
+            x = F.interpolate(x, size=tuple(state["input_size"]), mode="nearest")
+        return {**state, "x": self.convs(x), "skips": skips}
+
+
+class BayesianUNet(StagedModel):
+    def __init__(
+        self,
+        task: str = "segmentation",
+        encoder: str = "resnet18",
+        encoder_weights: str | None = None,
+        num_classes: int = 11,
+        dropout: str = "decoder",
+        dropout_p: float = 0.5,
+        heteroscedastic: bool = True,
+        decoder_channels: list[int] | tuple[int, ...] = (256, 128, 64, 32, 16),
+        depth_dist: str = "laplace",
+        in_channels: int = 3,
+    ):
+        super().__init__()
+        decoder_channels = list(decoder_channels)
+        if len(decoder_channels) != 5 or min(decoder_channels) < 1:
+            raise ConfigError(
+                "config key 'model.decoder_channels' must list 5 positive widths (one per "
+                f"decoder block), got {decoder_channels!r}"
+            )
+        preset = get_preset("unet", dropout)
+        enc = build_smp_encoder(encoder, encoder_weights, in_channels)
+        enc_ch = list(enc.out_channels)  # 6 entries: input, strides 2, 4, 8, 16, 32
+        # Skip of block k (1..4) is feats[5 - k]; block 5 has none (feats[0] is the image).
+        skip_ch = [enc_ch[4], enc_ch[3], enc_ch[2], enc_ch[1], 0]
+        in_ch = [enc_ch[5], *decoder_channels[:-1]]
+        blocks = [
+            DecoderBlock(
+                in_ch[i],
+                skip_ch[i],
+                decoder_channels[i],
+                # dropout on block i's input = the output of block i (1-based) for i > 0
+                make_dropout(i > 0 and i in preset["decoder"], dropout_p),
+            )
+            for i in range(5)
+        ]
+        head_drop = make_dropout(preset["classifier"] or 5 in preset["decoder"], dropout_p)
+        head = HeadStage(
+            decoder_channels[-1], task, num_classes, heteroscedastic, depth_dist, head_drop
+        )
+        self.stages = nn.ModuleList(
+            [
+                EncoderStage(enc),
+                DropoutStage(make_dropout(preset["bottleneck"], dropout_p)),
+                *blocks,
+                head,
+            ]
+        )

@@ -1,0 +1,223 @@
+"""Uncertainty maps from MC samples: pure tensor functions plus streaming accumulators.
+
+Shapes: T samples, B batch, C classes, H x W pixels. Entropies are in nats. The direct functions
+take all T samples at once (for tests and small inputs); the accumulators give the same maps from
+chunks of samples, holding only fixed-size per-pixel sums, so the sampler never holds T x C x H x W.
+
+Decomposition (see ``method.md``): total = predictive entropy H[p̄]; aleatoric = expected
+entropy E_t H[p_t]; epistemic = mutual information = total - aleatoric (>= 0 by Jensen; clamped at
+0 against rounding). Regression: aleatoric = mean predicted variance, epistemic = variance of the
+predicted means, total = their sum.
+
+Accumulator counts may be a number or a per-pixel weight tensor (B, 1, H, W): the temporal sampler
+decays, gates and warps history sums per pixel, and every sum is linear in the samples, so scaling
+or (bilinearly) warping all sums and the count together keeps every map a proper weighted mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+# One definition of σ² / 2b² for losses and maps (re-exported here for the sampler).
+
+Tensor = torch.Tensor
+
+
+def _entropy(p: Tensor, dim: int) -> Tensor:
+    # xlogy(0, 0) == 0, so classes with zero probability add nothing instead of NaN.
+    return -torch.xlogy(p, p).sum(dim)
+
+
+def predictive_entropy(p_mean: Tensor) -> Tensor:
+    """Entropy of the fused distribution: p_mean (B, C, H, W) -> (B, H, W), nats, in [0, log C]."""
+    return _entropy(p_mean, 1).clamp_min(0.0)
+
+
+def expected_entropy(probs: Tensor) -> Tensor:
+    """Mean entropy of the individual samples: probs (T, B, C, H, W) -> (B, H, W)."""
+    return _entropy(probs, 2).mean(0).clamp_min(0.0)
+
+
+def mutual_information(probs: Tensor) -> Tensor:
+    """Epistemic part: H[mean_t p_t] - mean_t H[p_t], probs (T, B, C, H, W) -> (B, H, W), >= 0."""
+    return (predictive_entropy(probs.mean(0)) - expected_entropy(probs)).clamp_min(0.0)
+
+
+def predicted_class_variance(probs: Tensor, pred: Tensor | None = None) -> Tensor:
+    """Variance over samples (population, 1/T) of the probability of the predicted class.
+
+    probs (T, B, C, H, W); pred (B, H, W) long, default argmax of the mean -> (B, H, W).
+    """
+    if pred is None:
+        pred = probs.mean(0).argmax(1)
+    index = pred.unsqueeze(0).unsqueeze(2).expand(probs.shape[0], -1, 1, -1, -1)
+    return probs.gather(2, index).squeeze(2).var(0, unbiased=False)
+
+
+def regression_uncertainty(locs: Tensor, variances: Tensor | None = None) -> dict[str, Tensor]:
+    """Regression maps from T samples: locs (T, B, 1, H, W) predicted means, variances the same
+    shape (predicted σ² or 2b² per sample) or None (no learned noise: aleatoric 0).
+
+    Returns ``depth`` (mean), ``aleatoric_var`` (mean predicted variance), ``epistemic_var``
+    (population variance of the means), ``total_var`` (their sum); each (B, H, W).
+    """
+    mean = locs.mean(0)[:, 0]
+    epistemic = locs.var(0, unbiased=False)[:, 0]
+    aleatoric = variances.mean(0)[:, 0] if variances is not None else torch.zeros_like(mean)
+    return {
+        "depth": mean,
+        "aleatoric_var": aleatoric,
+        "epistemic_var": epistemic,
+        "total_var": aleatoric + epistemic,
+    }
+
+
+def _stack(chunk: Tensor | Sequence[Tensor]) -> Tensor:
+    """A (k, B, ...) tensor from either such a tensor or a list of k (B, ...) tensors."""
+    return chunk if isinstance(chunk, Tensor) else torch.stack(list(chunk))
+
+
+class _SumAccumulator:
+    """Named per-pixel sums plus a count; shared arithmetic for the temporal sampler."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.count: float | Tensor = 0.0
+
+    def __len__(self) -> int:  # truthiness: has anything been accumulated?
+        return len(self.sums)
+
+    def _add(self, name: str, value: Tensor) -> None:
+        self.sums[name] = value if name not in self.sums else self.sums[name] + value
+
+    def _count_map(self) -> Tensor:
+        """The count as a (B, 1, H, W) tensor (so it can be warped or gated per pixel)."""
+        if isinstance(self.count, Tensor):
+            return self.count
+        ref = next(iter(self.sums.values()))
+        return torch.full_like(ref[:, :1], float(self.count))
+
+    def scale_(self, weight: float | Tensor) -> None:
+        """Multiply every sum and the count by ``weight`` (a number or (B, 1, H, W))."""
+        self.sums = {
+            k: v * weight.to(v.dtype) if isinstance(weight, Tensor) else v * weight
+            for k, v in self.sums.items()
+        }
+        self.count = self._count_map() * weight if self.sums else 0.0
+
+    def apply_(self, fn: Callable[[Tensor], Tensor]) -> None:
+        """Apply a linear per-pixel map (e.g. a flow warp) to every (B, *, H, W) sum and the count."""
+        if not self.sums:
+            return
+        count = self._count_map()
+        self.sums = {k: fn(v) for k, v in self.sums.items()}
+        self.count = fn(count)
+
+    def merge_(self, other: _SumAccumulator) -> None:
+        """Add another accumulator's sums and count to this one (same maps, same shapes)."""
+        for k, v in other.sums.items():
+            self._add(k, v)
+        self.count = self.count + other.count
+
+    def _mean(self, name: str) -> Tensor:
+        count = self.count
+        if isinstance(count, Tensor):
+            count = count.to(self.sums[name].dtype).clamp_min(1e-12)
+        return self.sums[name] / count
+
+
+class SegmentationAccumulator(_SumAccumulator):
+    """Streaming fused segmentation maps from chunks of per-sample probabilities.
+
+    Holds sum p, sum p² (B, C, H, W), sum of per-sample entropy (B, 1, H, W) and, for
+    heteroscedastic heads, sum of the learned logit variance σ² (B, 1 or C, H, W). Float32 sums are
+    enough here: probabilities lie in [0, 1], so for T <= ~100 the rounding of E[p²] - E[p]² is
+    below T * 6e-8 (absolute), far under any variance worth showing; the result is clamped at 0.
+    """
+
+    def update(
+        self,
+        probs: Tensor | Sequence[Tensor],
+        logit_log_var: Tensor | Sequence[Tensor] | None = None,
+        log_probs: Tensor | Sequence[Tensor] | None = None,
+    ) -> None:
+        """Add k samples: probs (k, B, C, H, W) or a list of k (B, C, H, W); logit_log_var
+        (k, B, 1 or C, H, W) optional; log_probs (same as probs) optional, used for a more
+        accurate per-sample entropy when given (log_softmax output)."""
+        p = _stack(probs).float()
+        if log_probs is not None:
+            lp = _stack(log_probs).float()
+            # p * log p with p -> 0 is 0; lp is finite there, so the product is exactly 0.
+            ent = -(p * lp).sum(2, keepdim=True)
+        else:
+            ent = -torch.xlogy(p, p).sum(2, keepdim=True)
+        self._add("p", p.sum(0))
+        self._add("p2", (p * p).sum(0))
+        self._add("ent", ent.sum(0))
+        if logit_log_var is not None:
+            self._add("logit_var", _stack(logit_log_var).float().exp().sum(0))
+        self.count = self.count + p.shape[0]
+
+    def finalize(self) -> dict[str, Tensor]:
+        """Fused maps: ``probs`` (B, C, H, W), ``pred`` (B, H, W) long, ``entropy``,
+        ``aleatoric``, ``epistemic``, ``prob_var`` and (when accumulated) ``logit_var``, (B, H, W)."""
+        if not self.sums:
+            raise ValueError("SegmentationAccumulator.finalize() before any update()")
+        p_mean = self._mean("p")
+        pred = p_mean.argmax(1)
+        total = predictive_entropy(p_mean)
+        aleatoric = self._mean("ent")[:, 0].clamp_min(0.0)
+        idx = pred.unsqueeze(1)
+        p_pred = p_mean.gather(1, idx)[:, 0]
+        # E[p²] - E[p]² in float32: see the class docstring for why this cancellation is harmless.
+        prob_var = (self._mean("p2").gather(1, idx)[:, 0] - p_pred * p_pred).clamp_min(0.0)
+        out = {
+            "probs": p_mean,
+            "pred": pred,
+            "entropy": total,
+            "aleatoric": aleatoric,
+            "epistemic": (total - aleatoric).clamp_min(0.0),
+            "prob_var": prob_var,
+        }
+        if "logit_var" in self.sums:
+            var = self._mean("logit_var")
+            out["logit_var"] = var[:, 0] if var.shape[1] == 1 else var.gather(1, idx)[:, 0]
+        return out
+
+
+class RegressionAccumulator(_SumAccumulator):
+    """Streaming regression maps: sums of loc, loc² and predicted variance, each (B, 1, H, W).
+
+    Sums are float64: depths reach tens of metres, so loc² ~ 1e3-1e4 and float32 rounding of
+    E[x²] - E[x]² (~1e-3 m² per term) would swamp small epistemic variances; the maps are tiny,
+    so the cost is negligible. The variance is still clamped at 0.
+    """
+
+    def update(
+        self, locs: Tensor | Sequence[Tensor], variances: Tensor | Sequence[Tensor] | None = None
+    ) -> None:
+        """Add k samples: locs (k, B, 1, H, W) (or a list of (B, 1, H, W)); variances likewise
+        (predicted variances, not log scales) or None."""
+        x = _stack(locs).double()
+        self._add("loc", x.sum(0))
+        self._add("loc2", (x * x).sum(0))
+        if variances is not None:
+            self._add("var", _stack(variances).double().sum(0))
+        self.count = self.count + x.shape[0]
+
+    def finalize(self) -> dict[str, Tensor]:
+        """``depth``, ``aleatoric_var``, ``epistemic_var``, ``total_var``: float32 (B, H, W)."""
+        if not self.sums:
+            raise ValueError("RegressionAccumulator.finalize() before any update()")
+        mean = self._mean("loc")
+        epistemic = (self._mean("loc2") - mean * mean).clamp_min(0.0)
+        aleatoric = self._mean("var") if "var" in self.sums else torch.zeros_like(mean)
+        out = {
+            "depth": mean,
+            "aleatoric_var": aleatoric,
+            "epistemic_var": epistemic,
+            "total_var": aleatoric + epistemic,
+        }
+        return {k: v[:, 0].float() for k, v in out.items()}

@@ -1,0 +1,218 @@
+"""evaluate_checkpoint on a tiny saved checkpoint: files, schema, equality with a direct
+computation on the same predictions, temperature scaling, depth / joint sections."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import confusion_matrix, jaccard_score, roc_auc_score
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+from seguncert.config import Config, ModelConfig
+from seguncert.data.common import DatasetMeta
+from seguncert.data.transforms import build_eval_transform
+from seguncert.engine.checkpoint import load_checkpoint, save_checkpoint
+from seguncert.engine.evaluation import evaluate_checkpoint, fit_split_temperature
+from seguncert.errors import CheckpointError, DataError
+from seguncert.models.build import build_model
+from seguncert.uncertainty.sampler import MCSampler
+
+NAMES = ["road", "car", "sky", "tree"]
+PALETTE = [[128, 64, 128], [64, 0, 128], [128, 128, 128], [128, 128, 0]]
+H, W = 40, 56  # eval pads to 64 x 64: predictions must be cropped back
+SEG_FILES = {
+    "metrics.json",
+    "calibration_per_class.md",
+    "calibration_per_class.csv",
+    "reliability.png",
+    "reliability_per_class.png",
+    "precision_vs_uncertainty.png",
+    "examples.png",
+}
+REQUIRED = (
+    "miou per_class_iou ece mce classwise_ece mean_classwise_ece nll brier pavpu uncertainty "
+    "pixel_accuracy class_accuracy mc_samples temperature split num_images num_pixels"
+).split()
+
+
+class TinyScenes(torch.utils.data.Dataset):
+    """Smooth random images; labels agree with ``model``'s deterministic prediction on ~75% of
+    the pixels (so accuracy, confidence and uncertainty all vary), 255 on the top rows."""
+
+    def __init__(self, model, n=4, task="segmentation"):
+        self.transform = build_eval_transform()
+        rng = np.random.default_rng(0)
+        small = rng.integers(0, 255, (n, H // 8, W // 8, 3)).astype(np.uint8)
+        self.images = small.repeat(8, 1).repeat(8, 2)
+        self.images = (self.images.astype(int) + rng.integers(-20, 20, self.images.shape)).clip(0, 255)
+        self.images = self.images.astype(np.uint8)
+        self.labels, self.depths = [], []
+        with torch.no_grad():
+            for img in self.images:
+                x = self.transform({"image": img})["image"][None]
+                out = model.eval()(x)
+                lab = out["logits"][0, :, :H, :W].argmax(0).numpy() if "logits" in out else None
+                if lab is not None:
+                    noise = rng.random((H, W)) < 0.25
+                    lab = np.where(noise, rng.integers(0, len(NAMES), (H, W)), lab)
+                    lab[:3] = 255
+                    self.labels.append(lab.astype(np.int64))
+                self.depths.append(rng.uniform(0.5, 9.5, (H, W)).astype(np.float32))
+        self.task = task
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        lab = self.labels[i] if self.labels else np.zeros((H, W), np.int64)
+        s = {"image": self.images[i], "name": f"frame{i}"}
+        if self.task in ("segmentation", "joint"):
+            s["label"] = lab
+        valid = lab != 255
+        if self.task in ("depth", "joint"):
+            s["depth"] = self.depths[i]
+            valid = np.ones((H, W), bool) if self.task == "depth" else valid
+        s["valid"] = valid
+        return self.transform(s)
+
+
+def make_checkpoint(root, task="segmentation", heteroscedastic=True):
+    torch.manual_seed(0)
+    cfg = Config()
+    cfg.model = ModelConfig(arch="segnet_basic", width=8, num_classes=len(NAMES), task=task,
+                            heteroscedastic=heteroscedastic)
+    model = build_model(cfg.model)
+    with torch.no_grad():  # larger logits than at init: a confident, non-uniform classifier
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.out_channels == len(NAMES):
+                m.weight.mul_(8.0)
+    meta = DatasetMeta(task=task, class_names=NAMES, palette=PALETTE, min_depth=0.5, max_depth=10)
+    save_checkpoint(root, "best", model, meta=meta, config=cfg)
+    return load_checkpoint(root)
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seg")
+    model, info = make_checkpoint(root / "run")
+    loader = torch.utils.data.DataLoader(TinyScenes(model), batch_size=2)
+    metrics = evaluate_checkpoint(
+        model, info, loader, mc_samples=3, device="cpu", examples=2, out_dir=root / "eval",
+        fit_temperature=True, progress=False,
+    )
+    return model, info, loader, metrics, root
+
+
+def test_writes_every_file_and_key(seg_run):
+    _, _, _, metrics, root = seg_run
+    out = root / "eval"
+    assert SEG_FILES <= {p.name for p in out.iterdir()}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+    for name in SEG_FILES - {"metrics.json"}:
+        assert (out / name).stat().st_size > 100
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in REQUIRED:
+        assert key in saved, key
+    for key in ("miou", "ece", "mce", "mean_classwise_ece", "nll", "brier", "pixel_accuracy"):
+        assert math.isfinite(saved[key]), key
+    assert list(saved["per_class_iou"]) == NAMES and list(saved["classwise_ece"]) == NAMES
+    assert set(saved["uncertainty"]) == {"entropy", "aleatoric", "epistemic", "prob_var", "logit_var"}
+    for m in saved["uncertainty"].values():
+        assert 0 <= m["auroc"] <= 1 and 0 <= m["aupr"] <= 1 and 0 <= m["aurc"] <= 1
+    assert 0 <= saved["pavpu"]["value"] <= 1 and len(saved["pavpu"]["sweep"]["pavpu"]) > 10
+    assert saved["num_images"] == 4 and saved["mc_samples"] == 3 and saved["split"] == "val"
+    assert saved["num_pixels"] == 4 * (H - 3) * W
+    csv_lines = (out / "calibration_per_class.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("class,support,") and len(csv_lines) == 1 + len(NAMES)
+    md = (out / "calibration_per_class.md").read_text()
+    assert all(f"| {n} |" in md for n in NAMES)
+
+
+def test_metrics_equal_direct_computation(seg_run):
+    """Same images, batches, seed and temperature -> same probabilities; recompute the metrics
+    with sklearn / torchmetrics on the cropped arrays."""
+    model, _, loader, metrics, _ = seg_run
+    t = metrics["temperature"]["value"]
+    sampler = MCSampler(model, 3, seed=0, temperature=t)
+    probs, labels, entropy = [], [], []
+    for batch in loader:
+        out = sampler(batch["image"])
+        for i, (h, w) in enumerate(batch["orig_size"].tolist()):
+            keep = batch["label"][i, :h, :w] != 255
+            probs.append(out["probs"][i, :, :h, :w][:, keep].T)
+            labels.append(batch["label"][i, :h, :w][keep])
+            entropy.append(out["entropy"][i, :h, :w][keep])
+    p, y, ent = torch.cat(probs), torch.cat(labels), torch.cat(entropy)
+    pred = p.argmax(1).numpy()
+    iou = jaccard_score(y.numpy(), pred, average=None, labels=range(len(NAMES)), zero_division=0)
+    present = np.isin(range(len(NAMES)), np.union1d(y.numpy(), pred))
+    assert metrics["miou"] == pytest.approx(iou[present].mean(), abs=1e-9)
+    assert metrics["pixel_accuracy"] == pytest.approx((pred == y.numpy()).mean(), abs=1e-9)
+    cm = confusion_matrix(y.numpy(), pred, labels=range(len(NAMES)))
+    assert metrics["confusion"] == cm.tolist()
+    ece = multiclass_calibration_error(p, y, num_classes=len(NAMES), n_bins=15, norm="l1")
+    assert metrics["ece"] == pytest.approx(float(ece), abs=1e-5)
+    nll = -torch.log(p.double().gather(1, y[:, None]).clamp_min(1e-12)).mean()
+    assert metrics["nll"] == pytest.approx(float(nll), rel=1e-5)
+    auroc = roc_auc_score(pred != y.numpy(), ent.numpy())
+    assert metrics["uncertainty"]["entropy"]["auroc"] == pytest.approx(auroc, abs=5e-3)
+    assert 0.3 < metrics["pixel_accuracy"] < 0.95  # the fixture is neither trivial nor random
+
+
+def test_temperature_stored_and_reused(seg_run, tmp_path):
+    model, info, loader, metrics, _ = seg_run
+    temp = metrics["temperature"]
+    assert temp["source"] == "fitted" and 0.05 <= temp["value"] <= 20
+    assert temp["nll_after"] <= temp["nll_before"] + 1e-9
+    assert math.isfinite(temp["ece_before"]) and math.isfinite(temp["ece_after"])
+    sidecar = json.loads(open(info["sidecar_path"]).read())
+    assert sidecar["temperature"] == temp["value"]
+    _, info2 = load_checkpoint(info["sidecar_path"])
+    again = evaluate_checkpoint(
+        model, info2, loader, 3, "cpu", examples=0, out_dir=tmp_path, progress=False
+    )
+    assert again["temperature"] == {"value": temp["value"], "source": "sidecar"}
+    assert again["ece"] == pytest.approx(metrics["ece"], abs=1e-7)
+    assert "examples.png" not in {p.name for p in tmp_path.iterdir()}
+
+
+def test_per_class_temperature_lowers_nll(seg_run):
+    model, _, loader, _, _ = seg_run
+    rep = fit_split_temperature(model, loader, "cpu", len(NAMES), True, 15, False)
+    assert len(rep["value"]) == len(NAMES) and rep["per_class"] is True
+    assert rep["nll_after"] <= rep["nll_before"] + 1e-9
+
+
+def test_joint_checkpoint_reports_depth(tmp_path):
+    model, info = make_checkpoint(tmp_path / "run", task="joint", heteroscedastic=False)
+    ds = TinyScenes(model, n=2, task="joint")
+    loader = torch.utils.data.DataLoader(ds, batch_size=2)
+    m = evaluate_checkpoint(model, info, loader, 2, "cpu", examples=1, out_dir=tmp_path / "e",
+                            progress=False)
+    files = {p.name for p in (tmp_path / "e").iterdir()}
+    assert SEG_FILES | {"sparsification.png", "examples_depth.png"} <= files
+    d = m["depth"]
+    for key in ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "delta2", "delta3",
+                "ause_rmse", "ause_absrel", "nll", "coverage_50", "coverage_90", "coverage_95"):
+        assert math.isfinite(d[key]), key
+    assert "logit_var" not in m["uncertainty"]
+    # AbsRel directly from the sampler's fused depth (clamped to the checkpoint's range).
+    out = MCSampler(model, 2, seed=0)(next(iter(loader))["image"])
+    pred = out["depth"][:, :H, :W].clamp(0.5, 10).double()
+    target = torch.from_numpy(np.stack(ds.depths)).double()
+    ok = torch.from_numpy(np.stack(ds.labels)) != 255
+    expect = ((pred - target).abs() / target)[ok].mean()
+    assert d["abs_rel"] == pytest.approx(float(expect), rel=1e-6)
+
+
+def test_bad_inputs(tmp_path):
+    model, info = make_checkpoint(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="task"):
+        evaluate_checkpoint(model, {**info, "kind": "video"}, [], 2, "cpu", out_dir=tmp_path)
+    empty = torch.utils.data.DataLoader(torch.utils.data.Subset(TinyScenes(model, n=1), []))
+    with pytest.raises(DataError, match="no images"):
+        evaluate_checkpoint(model, info, empty, 2, "cpu", out_dir=tmp_path / "e", progress=False)

@@ -1,0 +1,125 @@
+"""fit(): run folder contents, exact resume, time budget (tiny synthetic runs on the CPU)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from seguncert.config import config_from_dict
+from seguncert.engine import checkpoint as ck
+from seguncert.engine import run as fit_mod
+from seguncert.engine.distributed import build_loader, set_loader_epoch
+from seguncert.engine.trainer import fit
+from seguncert.errors import CheckpointError
+
+TINY = {
+    "data": {"dataset": "synthetic", "synthetic_train": 8, "synthetic_val": 4,
+             "synthetic_size": [32, 32], "scale_range": [1.0, 1.0], "hflip": False,
+             "color_jitter": 0.0},
+    "model": {"arch": "segnet_basic", "width": 8, "num_classes": 11, "dropout": "central",
+              "dropout_p": 0.3},
+    "loss": {"aleatoric_samples": 2, "class_weights": "none"},
+    "optim": {"lr": 0.01, "warmup_iters": 1, "schedule": "poly"},
+    "train": {"epochs": 2, "batch_size": 4, "val_every": 1, "seed": 3, "threads": 1},
+}  # fmt: skip
+
+
+def tiny_cfg(*overrides):
+    return config_from_dict(json.loads(json.dumps(TINY)), list(overrides))
+
+
+def weights(run_dir):
+    return load_file(str(run_dir / "last.safetensors"))
+
+
+def test_fit_writes_run_folder(tmp_path):
+    summary = fit(tiny_cfg(), tmp_path)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"best.json", "best.safetensors", "last.json", "last.safetensors", "config.yaml",
+            "last.state.json", "last.state.safetensors", "log.csv", "tb"} <= names  # fmt: skip
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert summary["epochs_completed"] == 2 and summary["best_metric"] == "miou"
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert [r["epoch"] for r in rows] == ["0", "1"] and "val_miou" in rows[0]
+    assert "train_loss" in rows[0] and "train_lr" in rows[0]
+    model, info = ck.load_checkpoint(tmp_path / "last.json")
+    assert info["epoch"] == 1 and info["kind"] == "segmentation"
+    assert info["meta"]["class_names"][0] == "Sky" and info["config"]["train"]["seed"] == 3
+    assert any((tmp_path / "tb").iterdir())
+
+
+def test_resume_is_exact(tmp_path, monkeypatch):
+    straight, parted = tmp_path / "straight", tmp_path / "parted"
+    fit(tiny_cfg("train.epochs=3"), straight)
+
+    real = fit_mod.train_one_epoch
+
+    def killed_in_second_epoch(*args, **kwargs):
+        if args[8] == 1:  # epoch: the process dies mid-epoch, after epoch 0 was saved
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit_mod, "train_one_epoch", killed_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_cfg("train.epochs=3"), parted)
+    assert json.loads((parted / "last.json").read_text())["epoch"] == 0
+    monkeypatch.setattr(fit_mod, "train_one_epoch", real)
+    fit(tiny_cfg("train.epochs=3"), parted, resume=True)
+    a, b = weights(straight), weights(parted)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = list(csv.DictReader(open(parted / "log.csv")))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+
+
+def test_time_budget_cuts_the_epoch_and_still_saves(tmp_path):
+    summary = fit(tiny_cfg("train.epochs=5", "train.max_minutes=0.0001"), tmp_path)
+    assert summary["stopped_early"] and summary["epochs_completed"] == 1
+    assert summary["train"]["iters"] == 1  # the budget was checked inside the epoch
+    assert (tmp_path / "best.json").is_file() and (tmp_path / "last.state.json").is_file()
+
+
+def test_resume_without_state_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        fit(tiny_cfg(), tmp_path, resume=True)
+
+
+def test_shuffle_depends_only_on_seed_and_epoch():
+    ds = list(range(10))
+    orders = []
+    for _ in range(2):
+        loader = build_loader(ds, batch_size=10, train=True, seed=5)
+        seq = []
+        for epoch in (0, 1, 2):
+            set_loader_epoch(loader, 5, epoch)
+            seq.append(next(iter(loader)).tolist())
+        orders.append(seq)
+    assert orders[0] == orders[1] and orders[0][0] != orders[0][1]
+
+
+def test_set_loader_epoch_reseeds_transform():
+    class Recorder:
+        seeds: list[int] = []
+
+        def set_random_seed(self, seed):
+            self.seeds.append(seed)
+
+    class Data(torch.utils.data.Dataset):
+        transform = Recorder()
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return np.float32(i)
+
+    loader = build_loader(Data(), 2, train=True, seed=1)
+    for epoch in (0, 1, 0):
+        set_loader_epoch(loader, 1, epoch)
+    s = Recorder.seeds
+    assert len(s) == 3 and s[0] == s[2] != s[1]

@@ -1,0 +1,171 @@
+"""tools/infer.py end to end, through its command line (subprocess), on tiny inputs."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from seguncert.config import ModelConfig
+from seguncert.data.common import DatasetMeta
+from seguncert.engine.checkpoint import save_checkpoint
+from seguncert.models.build import build_model
+from seguncert.viz.overlays import title_height
+
+REPO = Path(__file__).resolve().parents[2]
+INFER = REPO / "tools" / "infer.py"
+CLASSES = ["road", "car", "sky"]
+
+
+def run_infer(*args, cwd=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, str(INFER), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A tiny untrained segmentation U-Net saved with the checkpoint API."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        arch="unet", encoder="resnet18", num_classes=3, decoder_channels=[16, 8, 8, 8, 8]
+    )
+    model = build_model(cfg)
+    meta = DatasetMeta(class_names=CLASSES, palette=[[128, 64, 128], [64, 0, 128], [128] * 3])
+    run = tmp_path_factory.mktemp("ckpt")
+    save_checkpoint(run, "best", model, meta=meta, config={"model": vars(cfg)}, temperature=1.5)
+    return run
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """5 frames of a moving gradient, 48x64, mp4v at 12 fps."""
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 12, (64, 48))
+    for i in range(5):
+        x = np.linspace(0, 255, 64)[None, :] + 20 * i
+        img = np.stack([np.tile(x, (48, 1)) % 256] * 3, axis=-1).astype(np.uint8)
+        vw.write(img)
+    vw.release()
+    return path
+
+
+def read_video(path):
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            return frames, cap.get(cv2.CAP_PROP_FPS)
+        frames.append(f)
+
+
+def test_end_to_end_overlay_video_stats_and_sheet(tmp_path, ckpt, clip):
+    out = tmp_path / "res" / "overlay.mp4"
+    r = run_infer(
+        "--checkpoint", ckpt, "--input", clip, "--out", out, "--mc-samples", 2,
+        "--size", "64x96", "--batch", 2, "--frames-dir", tmp_path / "frames",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "frames/s" in r.stdout.strip().splitlines()[-1]
+    frames, fps = read_video(out)
+    assert len(frames) == 5 and fps == pytest.approx(12.0)
+    # input | segmentation | aleatoric | epistemic, each 64x96, under a title strip
+    assert frames[0].shape == (64 + title_height(64), 4 * 96, 3)
+    with open(out.with_suffix(".csv")) as f:
+        rows = list(csv.reader(f))
+    assert rows[0][:4] == ["frame", "mean_aleatoric", "mean_epistemic", "frac_uncertain"]
+    assert rows[0][4:] == [f"frac_{c}" for c in CLASSES]
+    assert [int(r[0]) for r in rows[1:]] == list(range(5))
+    for row in rows[1:]:
+        vals = [float(v) for v in row[1:]]
+        assert vals[0] > 0 and vals[1] >= 0 and 0 <= vals[2] <= 1
+        assert sum(vals[3:]) == pytest.approx(1.0)
+    assert (tmp_path / "res" / "overlay_sheet.png").is_file()
+    assert len(list((tmp_path / "frames").glob("*.png"))) == 5
+    assert not [p for p in (tmp_path / "res").iterdir() if p.name.startswith(".")]
+
+
+def test_several_inputs_go_to_a_folder_with_fixed_scale(tmp_path, ckpt, clip):
+    frames_dir = tmp_path / "seq"
+    frames_dir.mkdir()
+    for i in (1, 2, 10):
+        cv2.imwrite(str(frames_dir / f"f{i}.png"), np.full((40, 56, 3), 20 * i, np.uint8))
+    out = tmp_path / "many"
+    r = run_infer(
+        "--checkpoint", ckpt, "--input", clip, frames_dir, "--out", out, "--mc-samples", 2,
+        "--scale", "fixed:0,1", "--layout", "grid", "--panels", "input,seg,epistemic",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["clip.csv", "clip.mp4", "clip_sheet.png", "seq.csv", "seq.mp4", "seq_sheet.png"]
+    frames, fps = read_video(out / "seq.mp4")
+    assert len(frames) == 3 and fps == pytest.approx(10.0)  # frame folders default to 10 fps
+    assert frames[0].shape == (2 * (40 + title_height(40)), 2 * 56, 3)
+
+
+def write_zero_frame_avi(path):
+    cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 32)).release()
+
+
+def corrupt_weights(run):
+    w = run / "best.safetensors"
+    w.write_bytes(w.read_bytes()[:-100])
+
+
+def wrong_kind(run):
+    side = json.loads((run / "best.json").read_text())
+    side["kind"] = "classification"
+    (run / "best.json").write_text(json.dumps(side))
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing", "unreadable", "zero_frames", "corrupt_ckpt", "wrong_kind", "proc", "under_file"],
+)
+def test_bad_input_exits_2_with_one_line_and_no_output(tmp_path, ckpt, clip, case):
+    work = tmp_path / "work"
+    work.mkdir()
+    inp, out, ck = clip, work / "out" / "o.mp4", ckpt
+    if case == "missing":
+        inp = work / "nope.mp4"
+    elif case == "unreadable":
+        inp = work / "junk.mp4"
+        inp.write_bytes(np.random.default_rng(1).bytes(3000))
+    elif case == "zero_frames":
+        inp = work / "zero.avi"
+        write_zero_frame_avi(inp)
+    elif case in ("corrupt_ckpt", "wrong_kind"):
+        ck = work / "ck"
+        ck.mkdir()
+        for f in ckpt.iterdir():
+            (ck / f.name).write_bytes(f.read_bytes())
+        (corrupt_weights if case == "corrupt_ckpt" else wrong_kind)(ck)
+    elif case == "proc":
+        out = Path("/proc/x.mp4")
+    else:
+        (work / "afile").write_text("x")
+        out = work / "afile" / "o.mp4"
+    before = {p for p in work.rglob("*")}
+    r = run_infer("--checkpoint", ck, "--input", inp, "--out", out, "--mc-samples", 2)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    named = {"missing": "nope.mp4", "unreadable": "junk.mp4", "zero_frames": "zero.avi",
+             "corrupt_ckpt": "best.safetensors", "wrong_kind": "classification",
+             "proc": "/proc/x.mp4", "under_file": "afile"}  # fmt: skip
+    assert named[case] in lines[0]
+    assert not out.exists()
+    assert {p for p in work.rglob("*") if p.is_file()} == {p for p in before if p.is_file()}

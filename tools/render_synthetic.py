@@ -1,0 +1,159 @@
+"""Render the built-in synthetic street scenes: a contact sheet, a video, or a speed benchmark.
+
+  python tools/render_synthetic.py                      # docs/synthetic_contact_sheet.png
+  python tools/render_synthetic.py --video out.mp4 --frames 100 [--fog 3] [--ood] [--panels]
+  python tools/render_synthetic.py --bench              # frames/s at 240x320 (use 1 thread)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from seguncert.data.common import CAMVID_PALETTE, IGNORE_INDEX  # noqa: E402
+from seguncert.data.synthetic import MAX_DEPTH, render_frame, render_sequence  # noqa: E402
+from seguncert.errors import DataError, run_cli  # noqa: E402
+
+PALETTE = np.array(CAMVID_PALETTE, np.uint8)  # row 11 (black) shows void / OOD
+
+
+def colour_label(label: np.ndarray) -> np.ndarray:
+    return PALETTE[np.where(label == IGNORE_INDEX, 11, label)]
+
+
+def colour_depth(depth: np.ndarray) -> np.ndarray:
+    """Inverse-depth colour map (near bright), RGB."""
+    inv = np.clip(2.0 / np.maximum(depth, 0.5), 0, 1) ** 0.6
+    return cv2.applyColorMap((inv * 255).astype(np.uint8), cv2.COLORMAP_MAGMA)[..., ::-1]
+
+
+def caption(tile: np.ndarray, text: str) -> np.ndarray:
+    out = np.ascontiguousarray(tile)
+    cv2.putText(out, text, (4, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 2, cv2.LINE_AA)
+    cv2.putText(out, text, (4, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def outline(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    out = image.copy()
+    edge = mask & ~cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    out[cv2.dilate(edge.astype(np.uint8), np.ones((2, 2), np.uint8)).astype(bool)] = (255, 0, 255)
+    return out
+
+
+def contact_sheet(seeds: list[int], size: tuple[int, int]) -> np.ndarray:
+    """Rows: image | label | depth | a variant (fog 3, OOD animal, night 3, motion blur 3)."""
+    variants = [("fog", 3), ("ood", 0), ("night", 3), ("motion_blur", 3)]
+    rows = []
+    for i, seed in enumerate(seeds):
+        s = render_frame(seed, size)
+        kind, sev = variants[i % len(variants)]
+        if kind == "ood":
+            v = render_frame(seed, size, ood=True)
+            var = caption(outline(v["image"], v["ood"]), "OOD (outlined)")
+        else:
+            var = caption(render_frame(seed, size, shift=kind, severity=sev)["image"], f"{kind} {sev}")
+        rows.append(np.hstack([
+            caption(s["image"], f"seed {seed}"), caption(colour_label(s["label"]), "label"),
+            caption(colour_depth(s["depth"]), "depth"), var,
+        ]))  # fmt: skip
+    return np.vstack(rows)
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".png", rgb[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    if not ok:
+        raise DataError(f"could not encode PNG for {path}")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buf.tobytes())
+    os.replace(tmp, path)
+
+
+def write_video(path: Path, args, size: tuple[int, int]) -> int:
+    shifts = {"fog": args.fog} if args.fog else {}
+    if args.night:
+        shifts["night"] = args.night
+    ood = range(args.frames // 3, args.frames) if args.ood else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    h, w = size
+    frame_w = 3 * w if args.panels else w
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), args.fps, (frame_w, h))
+    if not writer.isOpened():
+        raise DataError(f"cannot open a video writer for {path} (mp4v codec, {frame_w}x{h})")
+    n = 0
+    try:
+        seq = render_sequence(args.frames, size, seed=args.seed, fps=args.fps, speed=args.speed,
+                              shifts=shifts, ood_frames=ood)  # fmt: skip
+        for s in seq:
+            img = s["image"]
+            if args.panels:
+                img = np.hstack([img, colour_label(s["label"]), colour_depth(s["depth"])])
+            writer.write(np.ascontiguousarray(img[..., ::-1]))
+            n += 1
+    finally:
+        writer.release()
+    if n == 0 or not tmp.is_file():
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"no frames written to {path}")
+    os.replace(tmp, path)
+    return n
+
+
+def bench(size: tuple[int, int], frames: int) -> float:
+    for seed in range(3):
+        render_frame(seed, size)  # warm caches (noise tiles)
+    start = time.process_time()
+    for seed in range(frames):
+        render_frame(1000 + seed, size)
+    return frames / (time.process_time() - start)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("docs/synthetic_contact_sheet.png"))
+    ap.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                    help="tile / frame size (default 120 160; 240 320 for --bench)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[3, 7, 11, 21])
+    ap.add_argument("--video", type=Path, help="write a driving sequence to this .mp4 instead")
+    ap.add_argument("--frames", type=int, default=100)
+    ap.add_argument("--fps", type=float, default=10.0)
+    ap.add_argument("--speed", type=float, default=8.0, help="camera speed in m/s")
+    ap.add_argument("--seed", type=int, default=0, help="street of the video")
+    ap.add_argument("--fog", type=int, default=0, choices=range(6), help="fog severity 1..5")
+    ap.add_argument("--night", type=int, default=0, choices=range(6), help="night severity 1..5")
+    ap.add_argument("--ood", action="store_true", help="an animal on the road from 1/3 in")
+    ap.add_argument("--panels", action="store_true", help="video frames show image|label|depth")
+    ap.add_argument("--bench", action="store_true", help="print single-core frames/s and exit")
+    args = ap.parse_args()
+    if args.frames < 1:
+        raise DataError(f"--frames must be >= 1, got {args.frames}")
+    if args.bench:
+        size = tuple(args.size or (240, 320))
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        fps = bench(size, args.frames if args.frames != 100 else 60)
+        print(f"{fps:.1f} frames/s at {size[0]}x{size[1]} (CPU time of this process, 1 thread)")
+        return 0
+    size = tuple(args.size or (120, 160))
+    if args.video:
+        n = write_video(args.video, args, size)
+        print(f"wrote {args.video} ({n} frames, {size[0]}x{size[1]}, "
+              f"fog={args.fog} night={args.night} ood={args.ood})")
+        return 0
+    sheet = contact_sheet(args.seeds, size)
+    write_png(args.out, sheet)
+    print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KB, {len(args.seeds)} rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
