@@ -24,23 +24,34 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from seguncert.errors import CheckpointError, DataError, SeguncertError, run_cli
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     a = p.add_argument
-    a("--checkpoint", required=True, help="run folder (uses best) or a checkpoint .json/.safetensors")
+    a(
+        "--checkpoint",
+        required=True,
+        help="run folder (uses best) or a checkpoint .json/.safetensors",
+    )
     a(
         "--data-root",
         help="dataset folder (CamVid / depth layout); not needed for synthetic checkpoints.\n"
         "Overrides data.root stored in the checkpoint's config",
     )
-    a("--split", default="val", help="split to evaluate: val | test | train (default val);\n"
-      "always read with the eval transform (no augmentation)")
-    a("--mc-samples", type=int, help="MC dropout samples T per image (default: the checkpoint's\n"
-      "mc.samples; 1 with a model without dropout)")
+    a(
+        "--split",
+        default="val",
+        help="split to evaluate: val | test | train (default val);\n"
+        "always read with the eval transform (no augmentation)",
+    )
+    a(
+        "--mc-samples",
+        type=int,
+        help="MC dropout samples T per image (default: the checkpoint's\n"
+        "mc.samples; 1 with a model without dropout)",
+    )
     a("--out", required=True, help="output folder for metrics.json, tables and figures")
     a("--batch-size", type=int, default=2, help="images per forward pass (default 2)")
     a("--limit", type=int, help="evaluate only the first N images of the split")
@@ -58,8 +69,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="with --fit-temperature: one temperature per class instead of one scalar",
     )
     a("--no-temperature", action="store_true", help="ignore a temperature stored in the sidecar")
-    a("--memory-budget-mb", type=float, help="bound on each replicated MC suffix batch\n"
-      "(default: the checkpoint's mc.memory_budget_mb)")
+    a(
+        "--memory-budget-mb",
+        type=float,
+        help="bound on each replicated MC suffix batch\n"
+        "(default: the checkpoint's mc.memory_budget_mb)",
+    )
     a("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
     a("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: cuda when available)")
     a("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
@@ -78,20 +93,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str):
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise SeguncertError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+        raise SeguncertError(
+            f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N)"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SeguncertError(f"--device {name}: CUDA is not available on this machine")
     return dev
 
 
-def build_loader(info: dict, args) -> torch.utils.data.DataLoader:
+def build_loader(info: dict, args):
     """The requested split of the checkpoint's own dataset config, with the eval transform."""
+    import torch
+
     from seguncert.config import config_from_dict
     from seguncert.data.build import build_datasets
 
@@ -106,6 +127,10 @@ def build_loader(info: dict, args) -> torch.utils.data.DataLoader:
             )
     cfg.data.val_split = args.split
     cfg.data.limit_val = args.limit
+    # build_datasets also builds the training split: keep that cheap (one frame, no class
+    # weights; the checkpoint's own meta is what the evaluation uses).
+    cfg.data.limit_train = 1
+    cfg.loss.class_weights = "none"
     cfg.data.num_workers = args.workers
     _, val_ds, _ = build_datasets(cfg)
     if len(val_ds) == 0:
@@ -122,6 +147,7 @@ def main(argv=None) -> int:
         raise CheckpointError(f"checkpoint not found: {ckpt}")
     if args.data_root is not None and not Path(args.data_root).is_dir():
         raise DataError(f"data root not found: {args.data_root}")
+    # Imported after the argument checks so a bad path fails fast (torch takes seconds).
     from seguncert.engine.checkpoint import load_checkpoint
     from seguncert.engine.evaluation import evaluate_checkpoint
 
@@ -157,21 +183,32 @@ def _fmt(v, pct=False) -> str:
 
 
 def summary(m: dict, out: Path) -> str:
-    lines = [f"evaluated {m['num_images']} images ({m['num_pixels']:,} pixels) of split "
-             f"{m['split']!r} with T={m['mc_samples']} MC samples"]
+    lines = [
+        f"evaluated {m['num_images']} images ({m['num_pixels']:,} pixels) of split "
+        f"{m['split']!r} with T={m['mc_samples']} MC samples"
+    ]
     if "miou" in m:
         mi = m["uncertainty"].get("epistemic", {}).get("auroc")
-        lines.append(f"mIoU {_fmt(m['miou'], True)}  pixel acc {_fmt(m['pixel_accuracy'], True)}  "
-                     f"ECE {_fmt(m['ece'], True)}  NLL {_fmt(m['nll'])}  MI AUROC {_fmt(mi)}")
+        lines.append(
+            f"mIoU {_fmt(m['miou'], True)}  pixel acc {_fmt(m['pixel_accuracy'], True)}  "
+            f"ECE {_fmt(m['ece'], True)}  NLL {_fmt(m['nll'])}  MI AUROC {_fmt(mi)}"
+        )
         t = m.get("temperature") or {}
         if t.get("value") is not None:
-            lines.append(f"temperature {t['value']} ({t.get('source')})"
-                         + (f": ECE {_fmt(t['ece_before'], True)} -> {_fmt(t['ece_after'], True)}"
-                            if t.get("ece_after") is not None else ""))
+            lines.append(
+                f"temperature {t['value']} ({t.get('source')})"
+                + (
+                    f": ECE {_fmt(t['ece_before'], True)} -> {_fmt(t['ece_after'], True)}"
+                    if t.get("ece_after") is not None
+                    else ""
+                )
+            )
     if "depth" in m:
         d = m["depth"]
-        lines.append(f"depth AbsRel {_fmt(d['abs_rel'])}  RMSE {_fmt(d['rmse'])}  "
-                     f"delta1 {_fmt(d['delta1'], True)}  AUSE-RMSE {_fmt(d.get('ause_rmse'))}")
+        lines.append(
+            f"depth AbsRel {_fmt(d['abs_rel'])}  RMSE {_fmt(d['rmse'])}  "
+            f"delta1 {_fmt(d['delta1'], True)}  AUSE-RMSE {_fmt(d.get('ause_rmse'))}"
+        )
     lines.append(f"wrote {out}/ (metrics.json, tables, figures)")
     return "\n".join(lines)
 

@@ -10,6 +10,13 @@ Colour scales are fixed for a whole video: a calibration pass over 8 frames spre
 takes the 99th percentile of each uncertainty map (or --scale fixed:LO,HI); depth uses the
 checkpoint's [min_depth, max_depth]. The checkpoint's fitted temperature is applied.
 
+Panels (--panels): input, seg, aleatoric, epistemic, entropy (total); depth, depth_aleatoric,
+depth_epistemic, depth_total (σ in m). For depth checkpoints aleatoric/epistemic/entropy are the
+depth σ maps. --temporal K (TemporalMC, batch 1) runs K fresh samples per frame and fuses them
+with a decayed history of earlier frames' samples (--flow warps it along the optical flow).
+The 'uncertain' threshold of the statistics defaults to the 90th percentile of the epistemic map
+over the calibration frames (--uncertain-threshold overrides it).
+
 Outputs: one input with --out ending .mp4/.avi writes that file (.avi: MJPG, else mp4v);
 otherwise --out is a folder holding <name>.mp4 per input. Beside each video: <name>.csv
 (per-frame statistics: mean aleatoric, mean epistemic, fraction of pixels whose epistemic value
@@ -29,15 +36,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 # Run from a checkout without installing: make the package beside tools/ importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from seguncert.engine.checkpoint import load_checkpoint
 from seguncert.errors import CheckpointError, SeguncertError, run_cli
-from seguncert.uncertainty.sampler import MCSampler
 from seguncert.video import (
     FrameReader,
     atomic_write_bytes,
@@ -57,49 +61,22 @@ from seguncert.viz.panels import (
 )
 
 FLAGS = [  # (flag, argparse keywords, help)
-    (
-        "--checkpoint",
-        dict(required=True),
-        "run folder (uses best) or checkpoint .json/.safetensors",
-    ),
+    ("--checkpoint", dict(required=True), "run folder (takes best) or a checkpoint .json"),
     ("--input", dict(required=True, nargs="+"), "video files, frame folders, images or globs"),
     ("--out", dict(default="out"), "output .mp4/.avi (one input) or a folder (default: out/)"),
     ("--mc-samples", dict(type=int, default=20), "MC dropout samples T per frame (default 20)"),
     ("--size", {}, "resize frames to HxW first, e.g. 360x480 (default: native size)"),
-    (
-        "--panels",
-        {},
-        "comma-separated panels (default per kind, above); also: entropy, depth,\n"
-        "depth_aleatoric, depth_epistemic, depth_total",
-    ),
+    ("--panels", {}, "comma-separated panel names (default per kind; list above)"),
     ("--layout", dict(choices=("row", "grid"), default="row"), "one row, or a 2x2 grid"),
     ("--frames-dir", {}, "also write every composed frame as a PNG in this folder"),
     ("--stats", {}, "per-frame statistics CSV (default: <video>.csv)"),
     ("--contact-sheet", {}, "contact sheet PNG of 6 frames (default: <video>_sheet.png)"),
-    (
-        "--temporal",
-        dict(type=int, default=0, metavar="K"),
-        "temporal MC: reuse samples over frames, K fresh ones per frame (batch 1); 0 = off",
-    ),
-    (
-        "--flow",
-        dict(action="store_true"),
-        "with --temporal: warp the sample history along\nthe optical flow (for moving cameras)",
-    ),
+    ("--temporal", dict(type=int, default=0), "K fresh samples/frame fused with history (0: off)"),
+    ("--flow", dict(action="store_true"), "with --temporal: warp the history along the flow"),
     ("--batch", dict(type=int), "frames per forward pass (default 4 on CPU, 16 on GPU)"),
     ("--memory-budget-mb", dict(type=float, default=1024.0), "bound on one MC suffix chunk (MB)"),
-    (
-        "--scale",
-        dict(default="calib"),
-        "uncertainty colour scale: calib (99th percentile over 8\n"
-        "calibration frames, from 0) or fixed:LO,HI",
-    ),
-    (
-        "--uncertain-threshold",
-        dict(type=float),
-        "epistemic value above which a pixel counts as\n"
-        "uncertain in the statistics (default: 90th percentile over the calibration frames)",
-    ),
+    ("--scale", dict(default="calib"), "uncertainty colours: calib (default) or fixed:LO,HI"),
+    ("--uncertain-threshold", dict(type=float), "epistemic cut-off of frac_uncertain (--stats)"),
     ("--seed", dict(type=int, default=0), "seed of the dropout masks (default 0)"),
     ("--device", dict(default="auto"), "auto | cpu | cuda | cuda:N (auto: cuda:LOCAL_RANK if any)"),
 ]
@@ -184,31 +161,36 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if args.device == "auto":
-        args.device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(args.device)
     size = parse_size(args.size) if args.size else None
     parse_scale(args.scale)
     sources = iter_inputs(args.input)
     plans = output_paths(args, sources)
     mine = [i for i in range(len(sources)) if i % world == rank]
+    # Open every input and check every output location before the (slow) model load.
+    for i in mine:
+        FrameReader(sources[i], size=size)
+        for path in plans[i][:3]:
+            check_writable(path)
+    import torch
+
+    from seguncert.engine.checkpoint import load_checkpoint
+    from seguncert.uncertainty.sampler import MCSampler
+
+    if args.device == "auto":
+        args.device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
     model, info = load_checkpoint(args.checkpoint, map_location=device)
     kind = info.get("kind")
     if kind not in DEFAULT_PANELS:
         raise CheckpointError(f"{args.checkpoint}: checkpoint kind {kind!r} cannot be rendered")
     panels = args.panels.split(",") if args.panels else list(DEFAULT_PANELS[kind])
-    PanelRenderer(kind, panels, info["meta"], Scales({}, 0.0))  # rejects bad --panels early
-    # Open every input and check every output location before writing anything.
-    for i in mine:
-        FrameReader(sources[i], size=size)
-        for path in plans[i][:3]:
-            check_writable(path)
+    PanelRenderer(kind, panels, info["meta"], Scales({}, 0.0))  # rejects bad --panels
     args.batch = args.batch or (16 if device.type == "cuda" else 4)
     temp = info.get("temperature")  # float, per-class list, or None when not calibrated
     if isinstance(temp, list):
         temp = torch.tensor(temp, dtype=torch.float32)
-    opts = dict(memory_budget_mb=args.memory_budget_mb, seed=args.seed)
     temp = 1.0 if temp is None else temp
+    opts = dict(memory_budget_mb=args.memory_budget_mb, seed=args.seed)
     sampler = MCSampler(model, samples=args.mc_samples, temperature=temp, **opts)
 
     def predictor(step):

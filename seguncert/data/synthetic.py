@@ -30,13 +30,25 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError
 from . import synthetic_shifts as shifts_mod
 from .synthetic_objects import DRAWERS
-from .synthetic_raster import MAX_DEPTH, Canvas, draw_background, draw_building, draw_fence, draw_shadow
+from .synthetic_raster import (
+    MAX_DEPTH,
+    Canvas,
+    draw_background,
+    draw_building,
+    draw_fence,
+    draw_shadow,
+)
 from .synthetic_scene import CAMERA_HEIGHT, Layout, make_layout, scene_objects
 
 MIN_DEPTH = 0.5
 SPEED = 8.0  # m/s: default camera speed (about 29 km/h)
 OOD_SPECIES = ("cow", "deer")
-_DRAW = {"building": draw_building, "fence": draw_fence, **DRAWERS}
+_DRAW = {
+    "building": draw_building,
+    "fence": draw_fence,
+    "animal": shifts_mod.draw_animal,
+    **DRAWERS,
+}
 
 
 @dataclass
@@ -194,7 +206,9 @@ def render_sequence(
     """
     size = _check_size(size)
     if fps <= 0 or speed < 0:
-        raise ConfigError(f"render_sequence needs fps > 0 and speed >= 0, got fps={fps}, speed={speed}")
+        raise ConfigError(
+            f"render_sequence needs fps > 0 and speed >= 0, got fps={fps}, speed={speed}"
+        )
     base = FrameParams.from_seed(seed)
     lay = make_layout(base.seed, speed)
     ood_set = set(int(i) for i in (ood_frames or ()))

@@ -1,5 +1,5 @@
-"""Drawers for the objects of the synthetic street: cars, people, cyclists, trees, poles, signs
-and the out-of-distribution animals. Each takes the canvas and one placed object dict (see
+"""Drawers for the objects of the synthetic street: cars, people, cyclists, trees, poles and
+signs. Each takes the canvas and one placed object dict (see
 synthetic_scene) whose ``z`` is its distance from the camera; shapes are unions of ellipses,
 rectangles and thick segments evaluated in metric coordinates on the object's plane.
 """
@@ -15,13 +15,10 @@ from .synthetic_raster import (
     PEDESTRIAN,
     POLE,
     SIGN,
-    SMOOTH,
     TREE,
     Canvas,
     tex,
 )
-
-OOD_LABEL = 255
 
 
 def _ellipse(px, py, cx, cy, rx, ry):
@@ -45,7 +42,14 @@ def _paint(shape, parts) -> np.ndarray:
 
 def draw_car(cv: Canvas, ob: dict) -> None:
     """Two boxes (body and cabin): the face towards the camera, the visible side, the tops."""
-    x0, x1, z0, length, h, c = ob["x"] - ob["w"] / 2, ob["x"] + ob["w"] / 2, ob["z"], ob["len"], ob["h"], ob["rgb"]
+    x0, x1, z0, length, h, c = (
+        ob["x"] - ob["w"] / 2,
+        ob["x"] + ob["w"] / 2,
+        ob["z"],
+        ob["len"],
+        ob["h"],
+        ob["rgb"],
+    )
     front = ob["dir"] < 0  # oncoming: we see its front (bonnet first)
     hb = 0.52 * h + 0.1  # beltline
     cz0 = z0 + (0.32 if front else 0.22) * length
@@ -54,7 +58,10 @@ def draw_car(cv: Canvas, ob: dict) -> None:
     l_face, l_top = cv.light((0.0, 0.0, -1.0)), cv.light((0.0, 1.0, 0.0))
     wheel_z = (z0 + 0.75, z0 + length - 0.8)
     side = x1 if x1 < 0 else (x0 if x0 > 0 else None)
-    for (sx, lo, hi, za, zb, inset) in ((side, 0.0, hb, z0, z0 + length, 0.0), (side, hb, h, cz0, cz1, 0.12)):
+    for sx, lo, hi, za, zb, inset in (
+        (side, 0.0, hb, z0, z0 + length, 0.0),
+        (side, hb, h, cz0, cz1, 0.12),
+    ):
         if sx is None:
             break
         sxi = sx - np.sign(sx) * inset
@@ -67,11 +74,20 @@ def draw_car(cv: Canvas, ob: dict) -> None:
         parts = [(np.ones_like(mask), body)]
         if inset:  # cabin side: windows split by a pillar
             a = (Z - za) / (zb - za)
-            win = (py < hi - 0.06) & (py > lo + 0.04) & ((a > 0.08) & (a < 0.92) & (np.abs(a - 0.5) > 0.03))[None, :]
+            win = (
+                (py < hi - 0.06)
+                & (py > lo + 0.04)
+                & ((a > 0.08) & (a < 0.92) & (np.abs(a - 0.5) > 0.03))[None, :]
+            )
             parts.append((win, glass + 0.1 * (py - lo)[..., None]))
         else:
             for wz in wheel_z:
-                parts.append((((Z - wz)[None, :] / 0.33) ** 2 + ((py - 0.32) / 0.32) ** 2 < 1, (0.05, 0.05, 0.05)))
+                parts.append(
+                    (
+                        ((Z - wz)[None, :] / 0.33) ** 2 + ((py - 0.32) / 0.32) ** 2 < 1,
+                        (0.05, 0.05, 0.05),
+                    )
+                )
             parts.append(((py < 0.12), (0.04, 0.04, 0.04)))
         cv.put(sl, mask, Z[None, :], CAR, _paint(mask.shape, parts))
     # tops (seen from above because they are lower than the camera)
@@ -90,11 +106,16 @@ def draw_car(cv: Canvas, ob: dict) -> None:
         parts = [
             (m, c * l_face * (1 + 0.05 * tex(DETAIL, px * 40, py * 40))[..., None]),
             ((py > hb - 0.28) & (py < hb - 0.1) & ((u < 0.17) | (u > 0.83)), lamp),
-            ((py > 0.3) & (py < 0.45) & (np.abs(u - 0.5) < 0.13), (0.9, 0.88, 0.6) if not front else (0.9, 0.9, 0.9)),
+            (
+                (py > 0.3) & (py < 0.45) & (np.abs(u - 0.5) < 0.13),
+                (0.9, 0.88, 0.6) if not front else (0.9, 0.9, 0.9),
+            ),
             ((py < 0.12) | ((py < 0.3) & ((u < 0.14) | (u > 0.86))), (0.04, 0.04, 0.04)),
         ]
         if front:
-            parts.append(((py > 0.42) & (py < hb - 0.3) & (np.abs(u - 0.5) < 0.25), (0.08, 0.08, 0.08)))
+            parts.append(
+                ((py > 0.42) & (py < hb - 0.3) & (np.abs(u - 0.5) < 0.25), (0.08, 0.08, 0.08))
+            )
         cv.put(sl, m, z0, CAR, _paint(m.shape, parts))
         for ux in (0.1, 0.9):
             cv.lights.append((x0 + ux * (x1 - x0), hb - 0.2, z0, lamp, 0.5 if front else 0.25))
@@ -131,7 +152,12 @@ def draw_pedestrian(cv: Canvas, ob: dict) -> None:
     mask = head | torso | legs | arms
     rgb = _paint(
         mask.shape,
-        [(legs, ob["legs"] * light), (torso | arms, ob["top"] * light), (head, ob["skin"] * light), (hair, ob["hair"])],
+        [
+            (legs, ob["legs"] * light),
+            (torso | arms, ob["top"] * light),
+            (head, ob["skin"] * light),
+            (hair, ob["hair"]),
+        ],
     )
     cv.put(sl, mask, ob["z"], PEDESTRIAN, rgb)
 
@@ -151,7 +177,14 @@ def draw_cyclist(cv: Canvas, ob: dict) -> None:
         wheels |= np.abs(d - r + 0.03) < 0.05
     seat, crank, bar = (-0.2, 0.92), (0.0, 0.32), (0.4, 1.0)
     frame = np.zeros_like(wheels)
-    for a, b in (((-0.55, r), seat), (seat, crank), (crank, (-0.55, r)), (seat, (0.35, 0.9)), ((0.35, 0.9), (0.55, r)), ((0.35, 0.9), bar)):
+    for a, b in (
+        ((-0.55, r), seat),
+        (seat, crank),
+        (crank, (-0.55, r)),
+        (seat, (0.35, 0.9)),
+        ((0.35, 0.9), (0.55, r)),
+        ((0.35, 0.9), bar),
+    ):
         frame |= _seg(p, py, a, b, 0.035)
     ang = ob["phase"] + ob["world_z"] * 2.0
     pedal = (0.17 * np.cos(ang), 0.32 + 0.17 * np.sin(ang))
@@ -166,8 +199,14 @@ def draw_cyclist(cv: Canvas, ob: dict) -> None:
     light = cv.light((0.0, 0.0, -1.0))
     rgb = _paint(
         mask.shape,
-        [(wheels, (0.04, 0.04, 0.04)), (frame, ob["bike"] * light), (legs, ob["legs"] * light),
-         (torso | arms, ob["top"] * light), (head, ob["skin"] * light), (helmet, ob["bike"] * 0.8)],
+        [
+            (wheels, (0.04, 0.04, 0.04)),
+            (frame, ob["bike"] * light),
+            (legs, ob["legs"] * light),
+            (torso | arms, ob["top"] * light),
+            (head, ob["skin"] * light),
+            (helmet, ob["bike"] * 0.8),
+        ],
     )
     cv.put(sl, mask, ob["z"], BICYCLIST, rgb)
 
@@ -192,7 +231,9 @@ def draw_tree(cv: Canvas, ob: dict) -> None:
     crown = best + 0.35 * leaf < 1.0
     light = cv.light((0.0, 0.0, -1.0))
     shade = (0.75 + 0.25 * np.clip((py - cy) / r, -1, 1) + 0.25 * leaf)[..., None]
-    rgb = np.where(crown[..., None], ob["rgb"] * light * shade, np.float32([0.3, 0.22, 0.14]) * light)
+    rgb = np.where(
+        crown[..., None], ob["rgb"] * light * shade, np.float32([0.3, 0.22, 0.14]) * light
+    )
     cv.put(sl, crown | trunk, ob["z"], TREE, rgb.astype(np.float32))
 
 
@@ -200,15 +241,25 @@ def draw_pole(cv: Canvas, ob: dict) -> None:
     """Lamp post (with an arm and lamp over the road) or a wooden utility pole."""
     x, h, w, side = ob["x"], ob["h"], ob["w"], ob["side"]
     reach = -side * 1.4 if ob["lamp"] else 0.0
-    bb = cv.billboard(ob["z"], min(x - w, x + reach - 0.3), max(x + w, x + reach + 0.3), 0.0, h + 0.2)
+    bb = cv.billboard(
+        ob["z"], min(x - w, x + reach - 0.3), max(x + w, x + reach + 0.3), 0.0, h + 0.2
+    )
     if bb is None:
         return
     sl, px, py = bb
     dx = px - x
     mask = (np.abs(dx) < w / 2 * (1.0 + 0.4 * (py < 1.0))) & (py < h)
-    rgb = ob["rgb"] * cv.light((0.0, 0.0, -1.0)) * (1 + 0.1 * tex(DETAIL, px * 50, py * 20))[..., None]
+    rgb = (
+        ob["rgb"]
+        * cv.light((0.0, 0.0, -1.0))
+        * (1 + 0.1 * tex(DETAIL, px * 50, py * 20))[..., None]
+    )
     if ob["lamp"]:
-        mask = mask | _seg(dx, py, (0.0, h - 0.05), (reach, h + 0.1), 0.05) | _ellipse(dx, py, reach, h, 0.3, 0.09)
+        mask = (
+            mask
+            | _seg(dx, py, (0.0, h - 0.05), (reach, h + 0.1), 0.05)
+            | _ellipse(dx, py, reach, h, 0.3, 0.09)
+        )
         cv.lights.append((x + reach, h - 0.1, ob["z"], (1.0, 0.8, 0.45), 1.2))
     cv.put(sl, mask, ob["z"], POLE, rgb)
 
@@ -220,7 +271,13 @@ def draw_sign(cv: Canvas, ob: dict) -> None:
     post = cv.billboard(z + 0.02, x - 0.05, x + 0.05, 0.0, h)
     if post is not None:
         sl, px, py = post
-        cv.put(sl, np.ones((py.shape[0], px.shape[1]), bool), z + 0.02, POLE, np.float32([0.45, 0.46, 0.45]) * light)
+        cv.put(
+            sl,
+            np.ones((py.shape[0], px.shape[1]), bool),
+            z + 0.02,
+            POLE,
+            np.float32([0.45, 0.46, 0.45]) * light,
+        )
     tall = 3.0 if ob["shape"] == "light" else 1.0
     bb = cv.billboard(z, x - s / 2, x + s / 2, h, h + s * tall)
     if bb is None:
@@ -233,14 +290,21 @@ def draw_sign(cv: Canvas, ob: dict) -> None:
     if shape == "circle":
         mask, parts = rr < 1, [(rr < 1, red), (rr < 0.55, white)]
     elif shape == "disc":
-        mask, parts = rr < 1, [(rr < 1, ob["rgb"]), ((np.abs(dx) < 0.5) & (np.abs(dy) < 0.15), white)]
+        mask, parts = (
+            rr < 1,
+            [(rr < 1, ob["rgb"]), ((np.abs(dx) < 0.5) & (np.abs(dy) < 0.15), white)],
+        )
     elif shape == "triangle":
         mask = (dy > -0.85) & (np.abs(dx) < (1.0 - dy) * 0.58)
         inner = (dy > -0.6) & (np.abs(dx) < (0.65 - dy) * 0.58)
         parts = [(mask, red), (inner, white)]
     elif shape == "rect":
         inner = (np.abs(dx) < 0.88) & (np.abs(dy) < 0.85)
-        parts = [(np.ones_like(rr, bool), white), (inner, ob["rgb"]), (inner & (np.abs(dy) < 0.12), white)]
+        parts = [
+            (np.ones_like(rr, bool), white),
+            (inner, ob["rgb"]),
+            (inner & (np.abs(dy) < 0.12), white),
+        ]
         mask = np.ones_like(rr, bool)
     else:  # traffic signal: dark housing with one lit lamp of three
         mask = np.ones_like(rr, bool)
@@ -254,41 +318,6 @@ def draw_sign(cv: Canvas, ob: dict) -> None:
     cv.put(sl, mask, z, SIGN, rgb)
 
 
-def draw_animal(cv: Canvas, ob: dict) -> None:
-    """Out-of-distribution object: a cow or a deer standing side-on on the road (label void)."""
-    x, z, k, f = ob["x"], ob["z"], ob["species"], ob["facing"]
-    deer = k == "deer"
-    leg, body_h = (0.85, 0.4) if deer else (0.7, 0.5)
-    bl = 0.75 if deer else 1.0  # half body length
-    bb = cv.billboard(z, x - bl - 0.8, x + bl + 0.8, 0.0, 2.3)
-    if bb is None:
-        return
-    sl, px, py = bb
-    p = (px - x) * f  # body coordinates with the head at +p
-    cy = leg + body_h / 2
-    body = _ellipse(p, py, 0.0, cy, bl, body_h / 2 + 0.05)
-    legs = np.zeros_like(body)
-    for lx in (-0.7 * bl, -0.5 * bl, 0.55 * bl, 0.75 * bl):
-        legs |= _seg(p, py, (lx, cy), (lx + 0.03, 0.02), 0.06 if deer else 0.08)
-    head_c = (bl + 0.35, cy + (0.75 if deer else 0.25))
-    neck = _seg(p, py, (bl * 0.7, cy + 0.1), head_c, 0.13 if deer else 0.2)
-    head = _ellipse(p, py, head_c[0] + 0.1, head_c[1], 0.24, 0.13 if deer else 0.17)
-    ears = _seg(p, py, head_c, (head_c[0] - 0.2, head_c[1] + 0.18), 0.04)
-    if deer:
-        ears |= _seg(p, py, head_c, (head_c[0] - 0.1, head_c[1] + 0.5), 0.025)
-        ears |= _seg(p, py, (head_c[0] - 0.06, head_c[1] + 0.3), (head_c[0] - 0.3, head_c[1] + 0.45), 0.02)
-    tail = _seg(p, py, (-bl, cy + 0.1), (-bl - 0.15, cy - (0.1 if deer else 0.5)), 0.04)
-    mask = body | legs | neck | head | ears | tail
-    light = cv.light((0.0, 0.0, -1.0))
-    if deer:
-        coat = np.float32([0.5, 0.33, 0.18]) * (1 + 0.1 * tex(DETAIL, p * 30, py * 30))[..., None]
-    else:  # black-and-white patches
-        patch = tex(SMOOTH, (p + ob["pattern"]) * 60, py * 60) > 0.0
-        coat = np.where(patch[..., None], np.float32([0.9, 0.88, 0.84]), np.float32([0.1, 0.09, 0.09]))
-    rgb = np.where(((py < 0.12) & legs)[..., None], np.float32([0.1, 0.08, 0.06]), coat) * np.float32(light)
-    cv.put(sl, mask, z, OOD_LABEL, rgb.astype(np.float32))
-
-
 DRAWERS = {
     "car": draw_car,
     "pedestrian": draw_pedestrian,
@@ -296,5 +325,4 @@ DRAWERS = {
     "tree": draw_tree,
     "pole": draw_pole,
     "sign": draw_sign,
-    "animal": draw_animal,
 }

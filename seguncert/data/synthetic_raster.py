@@ -194,8 +194,15 @@ def draw_background(cv: Canvas) -> None:
         if style:
             on &= (Zw % 9.0) < (3.0 if style == 1 else 6.0)
         mat[on] = 4
-    palette = np.stack([lay.road_rgb, lay.pave_rgb[0], lay.pave_rgb[1],
-                        np.float32([0.72, 0.72, 0.7]), np.float32([0.85, 0.85, 0.8])])
+    palette = np.stack(
+        [
+            lay.road_rgb,
+            lay.pave_rgb[0],
+            lay.pave_rgb[1],
+            np.float32([0.72, 0.72, 0.7]),
+            np.float32([0.85, 0.85, 0.8]),
+        ]
+    )
     palette *= np.float32(cv.light((0.0, 1.0, 0.0)) * 0.95)
     patch = tex(SMOOTH, X * 3, Zw * 3)
     shade = 1.0 + 0.1 * grain + 0.07 * patch
@@ -231,8 +238,14 @@ def _facade_rgb(ob: dict, a, py, light: float) -> np.ndarray:
     mat[np.broadcast_to(fascia, mat.shape)] = 3
     mat[np.broadcast_to(glass, mat.shape)] = 1
     g = ob["glass"]
-    palette = np.stack([ob["rgb"] * light, np.float32([g, g * 1.1, g * 1.3 + 0.03]),
-                        ob["rgb"] * (0.7 * light), ob["shop_rgb"] * light])
+    palette = np.stack(
+        [
+            ob["rgb"] * light,
+            np.float32([g, g * 1.1, g * 1.3 + 0.03]),
+            ob["rgb"] * (0.7 * light),
+            ob["shop_rgb"] * light,
+        ]
+    )
     pane = tex(SMOOTH, (a // bay) * 37.0, (py // floor) * 53.0)  # each pane reflects differently
     grain = tex(DETAIL, a * 20, py * 20)
     k = np.where(mat == 1, 1.0 + 0.7 * pane, 1.0 + 0.07 * grain)
@@ -249,7 +262,11 @@ def draw_building(cv: Canvas, ob: dict) -> None:
         rgb = _facade_rgb(ob, a, py, cv.light((-side, 0.0, 0.0)))
         cv.put(sl, mask, Z[None, :], BUILDING, rgb)
     # the near end wall faces the camera; it shows through a gap before the building
-    bb = None if not ob["open"] else cv.billboard(z0, min(x, x + side * 12.0), max(x, x + side * 12.0), 0.0, h)
+    bb = (
+        None
+        if not ob["open"]
+        else cv.billboard(z0, min(x, x + side * 12.0), max(x, x + side * 12.0), 0.0, h)
+    )
     if bb is not None:
         sl, px, py = bb
         rgb = _facade_rgb(ob, np.abs(px - x) + 1.0, py, cv.light((0.0, 0.0, -1.0)))

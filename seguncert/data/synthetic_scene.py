@@ -43,6 +43,7 @@ CAR_RGB = (
     (0.80, 0.65, 0.10),
     (0.35, 0.36, 0.40),
 )
+FENCE_RGB = ((0.1, 0.1, 0.1), (0.15, 0.3, 0.2), (0.45, 0.32, 0.2), (0.6, 0.6, 0.6))
 CLOTH_RGB = (
     (0.12, 0.12, 0.15),
     (0.20, 0.25, 0.45),
@@ -179,13 +180,16 @@ def _furniture(lay: Layout, rng, s0: float, s1: float, side: int, trees: float) 
             "rgb": np.array([0.35, 0.25, 0.15] if wood else [0.5, 0.52, 0.5], np.float32),
         })  # fmt: skip
     for _ in range(int(rng.poisson(trees))):
-        x = _between(rng, kerb + side * 0.9, outer - side * 0.6) if abs(outer - kerb) > 1.6 else outer
+        x = (
+            _between(rng, kerb + side * 0.9, outer - side * 0.6)
+            if abs(outer - kerb) > 1.6
+            else outer
+        )
         out.append({
             "kind": "tree", "s": rng.uniform(s0, s1), "x": x, "h": rng.uniform(2.0, 3.5),
             "r": rng.uniform(1.3, 2.6), "trunk": rng.uniform(0.18, 0.35),
             "blobs": rng.uniform(-1, 1, size=(5, 4)).astype(np.float32),
-            "rgb": np.array([rng.uniform(0.12, 0.3), rng.uniform(0.3, 0.48), rng.uniform(0.05, 0.18)],
-                            np.float32),
+            "rgb": rng.uniform((0.12, 0.3, 0.05), (0.3, 0.48, 0.18)).astype(np.float32),
         })  # fmt: skip
     if rng.random() < 0.45:
         shape = ("circle", "disc", "triangle", "rect", "rect", "light")[int(rng.integers(6))]
@@ -202,7 +206,7 @@ def _furniture(lay: Layout, rng, s0: float, s1: float, side: int, trees: float) 
             "kind": "fence", "s": z0, "len": rng.uniform(4.0, s1 - z0),
             "x": kerb + side * 0.15 if at_kerb else outer, "side": side,
             "h": rng.uniform(0.9, 1.4), "style": "panel" if rng.random() < 0.35 else "railing",
-            "rgb": _rgb(rng, ((0.1, 0.1, 0.1), (0.15, 0.3, 0.2), (0.45, 0.32, 0.2), (0.6, 0.6, 0.6))),
+            "rgb": _rgb(rng, FENCE_RGB),
         })  # fmt: skip
     return out
 
@@ -210,7 +214,8 @@ def _furniture(lay: Layout, rng, s0: float, s1: float, side: int, trees: float) 
 def _person(rng, x: float, s: float) -> dict:
     skin = np.array([0.85, 0.65, 0.5], np.float32) * rng.uniform(0.45, 1.05)
     return {
-        "kind": "pedestrian", "s": s, "x": x, "h": rng.uniform(1.5, 1.9), "phase": rng.uniform(0, 6.3),
+        "kind": "pedestrian", "s": s, "x": x, "h": rng.uniform(1.5, 1.9),
+        "phase": rng.uniform(0, 6.3),
         "skin": skin, "top": _rgb(rng, CLOTH_RGB, 0.1), "legs": _rgb(rng, CLOTH_RGB[:3], 0.05),
         "hair": np.array([0.1, 0.07, 0.05], np.float32) * rng.uniform(0.5, 4.0),
     }  # fmt: skip

@@ -19,10 +19,14 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise ConfigError(f"config key 'train.device' is {name!r}; expected auto, cpu or cuda[:N]") from None
+        raise ConfigError(
+            f"config key 'train.device' is {name!r}; expected auto, cpu or cuda[:N]"
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("train.device is cuda but CUDA is not available (use train.device=cpu)")
+            raise ConfigError(
+                "train.device is cuda but CUDA is not available (use train.device=cpu)"
+            )
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
     elif device.type != "cpu":
@@ -38,11 +42,15 @@ def resolve_amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
         return torch.float16 if device.type == "cuda" else None
     if mode == "bf16":
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError("train.amp=bf16 but this GPU has no bf16 support (use train.amp=fp16)")
+            raise ConfigError(
+                "train.amp=bf16 but this GPU has no bf16 support (use train.amp=fp16)"
+            )
         return torch.bfloat16
     if mode == "fp16":
         if device.type != "cuda":
-            raise ConfigError("train.amp=fp16 needs a CUDA device (use train.amp=bf16 or off on CPU)")
+            raise ConfigError(
+                "train.amp=fp16 needs a CUDA device (use train.amp=bf16 or off on CPU)"
+            )
         return torch.float16
     raise ConfigError(f"config key 'train.amp' is {mode!r}; expected auto, off, fp16 or bf16")
 

@@ -182,7 +182,9 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     elif path.suffix == ".json":
         sidecar = path
     else:
-        raise CheckpointError(f"{path} is not a checkpoint (expected a folder, .json or .safetensors)")
+        raise CheckpointError(
+            f"{path} is not a checkpoint (expected a folder, .json or .safetensors)"
+        )
     if not sidecar.is_file():
         raise CheckpointError(f"checkpoint sidecar not found: {sidecar}")
     info = read_sidecar(sidecar)
@@ -197,7 +199,9 @@ def read_sidecar(path: str | Path) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint sidecar not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint sidecar ({one_line(e)})") from None
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint sidecar ({one_line(e)})"
+        ) from None
     if not isinstance(info, dict) or "format" not in info:
         raise CheckpointError(f"{path} is not a seguncert checkpoint sidecar (no 'format' field)")
     if info["format"] != FORMAT:
@@ -246,7 +250,9 @@ def load_verified_weights(weights: Path, expected_sha256: str) -> dict[str, torc
     try:
         return load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{weights} is not a readable safetensors file ({one_line(e)})") from None
+        raise CheckpointError(
+            f"{weights} is not a readable safetensors file ({one_line(e)})"
+        ) from None
 
 
 def check_state_matches(model: nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:

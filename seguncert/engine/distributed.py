@@ -127,7 +127,10 @@ class ShardSampler(Sampler[int]):
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """A distinct, reproducible 63-bit seed per (seed, epoch, rank)."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+    return int(
+        np.random.SeedSequence([seed, epoch, rank]).generate_state(2, np.uint32).view(np.uint64)[0]
+        >> 1
+    )
 
 
 def seed_everything(seed: int) -> None:

@@ -29,7 +29,9 @@ class DepthEval:
     def __init__(self, meta, depth_dist: str | None) -> None:
         lo, hi = float(meta.min_depth), float(meta.max_depth)
         # An L1 head learns no aleatoric variance (it is 0): rank only the maps that exist.
-        self.maps = ("epistemic", "total") if depth_dist == "l1" else ("aleatoric", "epistemic", "total")
+        self.maps = (
+            ("epistemic", "total") if depth_dist == "l1" else ("aleatoric", "epistemic", "total")
+        )
         self.metrics = DepthMetrics(lo, hi)
         self.sparse = Sparsification(self.maps, min_depth=lo, max_depth=hi)
         dist = "laplace" if depth_dist == "laplace" else "gaussian"
@@ -89,4 +91,6 @@ def write_depth_figures(depth: dict, out: Path) -> list[Path]:
     f = sp["fractions"]
     curves = {m: {k: (f, v) for k, v in c.items()} for m, c in sp["curves"].items()}
     oracle = {m: (f, v) for m, v in sp["oracle"].items()}
-    return [plots.sparsification_plot(curves, oracle, out / "sparsification.png", ause=depth["ause"])]
+    return [
+        plots.sparsification_plot(curves, oracle, out / "sparsification.png", ause=depth["ause"])
+    ]

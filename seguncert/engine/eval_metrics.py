@@ -19,16 +19,48 @@ from ..metrics.segmentation import ConfusionMatrix
 
 SEG_MAPS = ("entropy", "aleatoric", "epistemic", "prob_var")
 PAVPU_DEFAULT_MAP = "epistemic"
+PAVPU_STEPS = 4096
+SWEEP_POINTS = 128  # the PAvPU sweep in metrics.json is subsampled to about this many points
 QUALITY_KEYS = ("auroc", "aupr", "aurc", "eaurc")
-SWEEP_KEYS = ("threshold", "certain_fraction", "pavpu", "p_accurate_given_certain",
-              "p_uncertain_given_inaccurate")
+SWEEP_KEYS = (
+    "threshold",
+    "certain_fraction",
+    "pavpu",
+    "p_accurate_given_certain",
+    "p_uncertain_given_inaccurate",
+)
 
 
 def seg_ranges(num_classes: int) -> dict:
-    """Histogram ranges of the bounded maps (the learned logit variance is unbounded: None)."""
+    """Linear ranges of the bounded maps, for PAvPU thresholds in the maps' own units (the
+    learned logit variance is unbounded: None, squashed by the metric)."""
     log_c = math.log(num_classes)
-    return {"entropy": (0.0, log_c), "aleatoric": (0.0, log_c), "epistemic": (0.0, log_c),
-            "prob_var": (0.0, 0.25)}  # a probability's variance is at most 1/4
+    return {
+        "entropy": (0.0, log_c),
+        "aleatoric": (0.0, log_c),
+        "epistemic": (0.0, log_c),
+        "prob_var": (0.0, 0.25),  # a probability's variance is at most 1/4
+    }
+
+
+LOG_FLOOR = -10.0  # log10 of the smallest uncertainty the ranking histograms resolve
+LOG_CEIL = {"logit_var": 6.0}  # learned variances can be large; the bounded maps use their max
+
+
+def rank_transform(u: torch.Tensor) -> torch.Tensor:
+    """log10(u + 1e-10): monotonic, so AUROC / AUPR / AURC and the precision curves (which
+    depend only on the pixels' order) are unchanged, while fixed-width bins now resolve every
+    decade. Linear bins over [0, log C] would lump all of a confident model's small mutual
+    information values (often < 1e-3 nats) into one tied bin."""
+    return torch.log10(u.double().clamp_min(0.0) + 1e-10)
+
+
+def rank_ranges(num_classes: int, names) -> dict:
+    lin = seg_ranges(num_classes)
+    return {
+        n: (LOG_FLOOR, LOG_CEIL.get(n, math.log10(lin[n][1] + 1e-10) if n in lin else 6.0))
+        for n in names
+    }
 
 
 class SegmentationEval:
@@ -38,14 +70,15 @@ class SegmentationEval:
     def __init__(self, num_classes: int, n_bins: int, heteroscedastic: bool) -> None:
         c = self.num_classes = num_classes
         self.maps = SEG_MAPS + (("logit_var",) if heteroscedastic else ())
-        ranges = seg_ranges(c)
+        ranks = rank_ranges(c, self.maps)
         self.cm = ConfusionMatrix(c)
         self.cal = CalibrationMetrics(c, n_bins=n_bins)
-        self.quality = UncertaintyQuality(self.maps, ranges=ranges)
-        self.pavpu = PAvPU(self.maps, ranges=ranges)
+        self.quality = UncertaintyQuality(self.maps, n_bins=4096, ranges=ranks)
+        # Thresholds in map units; fine steps so a small mean uncertainty is not snapped to 0.
+        self.pavpu = PAvPU(self.maps, n_thresholds=PAVPU_STEPS, ranges=seg_ranges(c))
         # MI error detection among the pixels of each true class (coarse histograms are enough).
         self.class_quality = [
-            UncertaintyQuality(["epistemic"], n_bins=256, ranges=ranges, percentiles=[0])
+            UncertaintyQuality(["epistemic"], n_bins=512, ranges=ranks, percentiles=[0])
             for _ in range(c)
         ]
         self.map_sum = torch.zeros(len(self.maps), dtype=torch.float64)
@@ -62,12 +95,13 @@ class SegmentationEval:
         self.cm.update(pred, label)
         self.cal.update(probs, label)
         maps = {k: out[k].float() for k in self.maps}
-        self.quality.update(maps, correct, valid)
+        ranked = {k: rank_transform(v) for k, v in maps.items()}
+        self.quality.update(ranked, correct, valid)
         self.pavpu.update(maps, correct, valid)
         for c, q in enumerate(self.class_quality):
             m = valid & (label == c)
             if bool(m.any()):
-                q.update({"epistemic": maps["epistemic"]}, correct, m)
+                q.update({"epistemic": ranked["epistemic"]}, correct, m)
         self.map_sum += torch.stack([maps[k][valid].double().sum() for k in self.maps]).cpu()
         p = probs.permute(1, 0, 2, 3)[:, valid].double()  # (C, P)
         self.prob_sum += p.sum(1).cpu()
@@ -100,7 +134,7 @@ class SegmentationEval:
             "map": PAVPU_DEFAULT_MAP,
             "threshold_rule": "mean of the map over labelled pixels",
             "patch_size": self.pavpu.patch_size,
-            "sweep": {key: sweep[key] for key in SWEEP_KEYS},
+            "sweep": {key: sweep[key][:: max(1, len(sweep[key]) // SWEEP_POINTS)] for key in SWEEP_KEYS},
             "maps": per_map,
         }
 

@@ -133,9 +133,7 @@ def write_segmentation_figures(metrics: dict, meta, out: Path) -> list[Path]:
             overall=metrics["reliability"],
         ),
     ]
-    curves = {
-        k: (c["percentile"], c["accuracy"]) for k, c in metrics["precision_curves"].items()
-    }
+    curves = {k: (c["percentile"], c["accuracy"]) for k, c in metrics["precision_curves"].items()}
     files.append(plots.precision_vs_percentile_plot(curves, out / "precision_vs_uncertainty.png"))
     return files
 
@@ -147,7 +145,9 @@ def write_report(metrics: dict, rows: list[dict], meta, out_dir, seg_examples, d
     out.mkdir(parents=True, exist_ok=True)
     files = []
     if rows:
-        files.append(atomic_write_text(out / "calibration_per_class.md", class_table_markdown(rows, metrics)))
+        files.append(
+            atomic_write_text(out / "calibration_per_class.md", class_table_markdown(rows, metrics))
+        )
         files.append(atomic_write_text(out / "calibration_per_class.csv", class_table_csv(rows)))
         files += write_segmentation_figures(metrics, meta, out)
     if "depth" in metrics:

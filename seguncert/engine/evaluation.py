@@ -74,7 +74,10 @@ def deterministic_logits(model, loader, device, progress: bool = False):
                 z = _crop(logits, i, h, w)
                 y = _crop(batch["label"], i, h, w).to(device)
                 keep = y.reshape(-1) != IGNORE_INDEX
-                pix = (z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])[keep].cpu(), y.reshape(-1)[keep].cpu())
+                pix = (
+                    z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])[keep].cpu(),
+                    y.reshape(-1)[keep].cpu(),
+                )
                 if complete:
                     cached_bytes += pix[0].numel() * 4
                     if cached_bytes <= CACHE_MB * 2**20:
@@ -95,8 +98,9 @@ def deterministic_logits(model, loader, device, progress: bool = False):
     return batch_fn
 
 
-def fit_split_temperature(model, loader, device, num_classes: int, per_class: bool, n_bins: int,
-                          progress: bool) -> dict:
+def fit_split_temperature(
+    model, loader, device, num_classes: int, per_class: bool, n_bins: int, progress: bool
+) -> dict:
     """Fit T* on the split's deterministic logits; ECE / NLL before and after scaling."""
     batch_fn = deterministic_logits(model, loader, device, progress)
     value = fit_temperature_streaming(batch_fn, num_classes, per_class=per_class)
@@ -130,7 +134,9 @@ def _sampler_temperature(value, num_classes: int):
     if t.numel() == 1:
         return float(t)
     if t.numel() != num_classes:
-        raise CheckpointError(f"temperature has {t.numel()} values but the model has {num_classes} classes")
+        raise CheckpointError(
+            f"temperature has {t.numel()} values but the model has {num_classes} classes"
+        )
     return t
 
 
@@ -204,7 +210,9 @@ def evaluate_checkpoint(
         temperature=_sampler_temperature(temp["value"], num_classes),
     )
 
-    seg_eval = SegmentationEval(num_classes, n_bins, bool(spec.get("heteroscedastic"))) if seg else None
+    seg_eval = (
+        SegmentationEval(num_classes, n_bins, bool(spec.get("heteroscedastic"))) if seg else None
+    )
     depth_eval = DepthEval(meta, spec.get("depth_dist")) if task in ("depth", "joint") else None
     seg_rows, depth_examples = [], DepthExamples(examples, meta)
     num_images = 0

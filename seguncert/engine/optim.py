@@ -38,7 +38,9 @@ def param_groups(params: Iterable[torch.nn.Parameter], weight_decay: float) -> l
     return groups
 
 
-def build_optimizer(cfg: OptimConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def build_optimizer(
+    cfg: OptimConfig, params: Iterable[torch.nn.Parameter]
+) -> torch.optim.Optimizer:
     """AdamW or SGD (momentum ``cfg.momentum``, no Nesterov) over ``params``."""
     groups = param_groups(params, cfg.weight_decay)
     if not any(g["params"] for g in groups):
@@ -66,10 +68,14 @@ def lr_factor(it: int, total_iters: int, schedule: str, warmup_iters: int = 0, p
         return 0.5 * (1.0 + math.cos(math.pi * p))
     if schedule == "constant":
         return 1.0
-    raise ConfigError(f"config key 'optim.schedule' is {schedule!r}; expected poly, cosine or constant")
+    raise ConfigError(
+        f"config key 'optim.schedule' is {schedule!r}; expected poly, cosine or constant"
+    )
 
 
-def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer, total_iters: int) -> LambdaLR:
+def build_scheduler(
+    cfg: OptimConfig, optimizer: torch.optim.Optimizer, total_iters: int
+) -> LambdaLR:
     """Per-iteration LambdaLR implementing warm-up + ``cfg.schedule`` over ``total_iters``."""
     if cfg.warmup_iters < 0:
         raise ConfigError(f"config key 'optim.warmup_iters' must be >= 0, got {cfg.warmup_iters}")

@@ -100,7 +100,9 @@ def train_one_epoch(
         if grad_clip:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
         else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            grad_norm = torch.nn.utils.get_total_norm(
+                [p.grad for p in params if p.grad is not None]
+            )
         if not scaler.is_enabled() and not torch.isfinite(grad_norm):
             raise SeguncertError(
                 f"non-finite gradient at epoch {epoch} iter {i} (loss {loss.item():.4g}); "

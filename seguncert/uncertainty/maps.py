@@ -20,7 +20,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-# One definition of σ² / 2b² for losses and maps (re-exported here for the sampler).
+# One definition of σ² / 2b² for the losses and the maps (re-exported for the sampler).
+from ..losses.regression import predictive_variance as predictive_variance
 
 Tensor = torch.Tensor
 

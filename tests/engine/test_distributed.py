@@ -99,7 +99,10 @@ def test_two_process_gloo_training(tmp_path):
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert set(r0["seen"]).isdisjoint(r1["seen"])
     assert sorted(r0["seen"] + r1["seen"]) == list(range(8))
-    w0, w1 = load_file(str(tmp_path / "w0.safetensors")), load_file(str(tmp_path / "w1.safetensors"))
+    w0, w1 = (
+        load_file(str(tmp_path / "w0.safetensors")),
+        load_file(str(tmp_path / "w1.safetensors")),
+    )
     assert w0.keys() == w1.keys() and any(k.startswith("crit.") for k in w0)
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     p0, p1 = (load_file(str(tmp_path / f"p{r}.safetensors")) for r in (0, 1))
@@ -107,8 +110,9 @@ def test_two_process_gloo_training(tmp_path):
     assert r0["saves"] == ["best", "last"] and r1["saves"] == []
     # validation metrics are all-reduced: both ranks report the whole val set (4 x 32 x 32)
     assert r0["count"] == r1["count"] and r0["miou"] == r1["miou"]
-    from seguncert.data.build import build_datasets
     from test_fit import tiny_cfg
+
+    from seguncert.data.build import build_datasets
 
     _, val, _ = build_datasets(tiny_cfg())
     assert r0["count"] == sum(int(val[i]["valid"].sum()) for i in range(len(val)))

@@ -110,7 +110,14 @@ def test_several_inputs_go_to_a_folder_with_fixed_scale(tmp_path, ckpt, clip):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["clip.csv", "clip.mp4", "clip_sheet.png", "seq.csv", "seq.mp4", "seq_sheet.png"]
+    assert names == [
+        "clip.csv",
+        "clip.mp4",
+        "clip_sheet.png",
+        "seq.csv",
+        "seq.mp4",
+        "seq_sheet.png",
+    ]
     frames, fps = read_video(out / "seq.mp4")
     assert len(frames) == 3 and fps == pytest.approx(10.0)  # frame folders default to 10 fps
     assert frames[0].shape == (2 * (40 + title_height(40)), 2 * 56, 3)
