@@ -33,13 +33,17 @@ DEFAULT_CAMVID = REPO.parent / "shared" / "datasets" / "camvid"
 def add_common_args(p: argparse.ArgumentParser, repeats: int = 5) -> None:
     """--quick, --json, --device, --threads, --repeats, --warmup, --seed."""
     g = p.add_argument_group("common benchmark options")
-    g.add_argument("--quick", action="store_true", help="small sizes: about a minute on 2 CPU cores")
+    g.add_argument(
+        "--quick", action="store_true", help="small sizes: about a minute on 2 CPU cores"
+    )
     g.add_argument("--json", action="store_true", help="print a one-line JSON summary last")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     g.add_argument("--repeats", type=int, default=None, help=f"timed rounds (default {repeats})")
     g.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds (default 1)")
     g.add_argument("--seed", type=int, default=0, help="seed of weights, inputs and masks")
+    g.add_argument("--stat", choices=("median", "min"), default="median",
+                   help="statistic over rounds (min is steadier on a loaded machine)")  # fmt: skip
     p.set_defaults(default_repeats=repeats)
 
 
@@ -78,8 +82,8 @@ def sync(device: torch.device) -> None:
 
 def time_round_robin(
     fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 1
-) -> dict[str, float]:
-    """Median seconds per call of each fn; one call of each per round, ``warmup`` rounds untimed."""
+) -> dict[str, list[float]]:
+    """Seconds of each call: one call of each fn per round, ``warmup`` rounds untimed."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for r in range(warmup + repeats):
         for name, fn in fns.items():
@@ -89,7 +93,36 @@ def time_round_robin(
             sync(device)
             if r >= warmup:
                 times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def time_against(
+    baseline: Callable[[], object],
+    fns: dict[str, Callable[[], object]],
+    device: torch.device,
+    repeats: int,
+    warmup: int = 1,
+    stat: str = "median",
+) -> tuple[float, dict[str, dict[str, float]]]:
+    """Each fn timed right after its own baseline call, round-robin: returns (baseline seconds,
+    {name: {"seconds", "ratio"}}). ``stat="median"``: medians, and the ratio is the median over
+    rounds of t / adjacent baseline (pairing cancels load that changes between rounds).
+    ``stat="min"``: fastest calls and their ratio (noise only ever adds time, so on a loaded
+    machine the minimum is the steadier estimate of the cost)."""
+    paired = {}
+    for name, fn in fns.items():
+        paired[f"base/{name}"] = baseline
+        paired[name] = fn
+    times = time_round_robin(paired, device, repeats, warmup)
+    base_all = [t for k, v in times.items() if k.startswith("base/") for t in v]
+    out = {}
+    for name in fns:
+        if stat == "min":
+            out[name] = {"seconds": min(times[name]), "ratio": min(times[name]) / min(base_all)}
+            continue
+        ratios = [t / b for t, b in zip(times[name], times[f"base/{name}"])]
+        out[name] = {"seconds": statistics.median(times[name]), "ratio": statistics.median(ratios)}
+    return (min(base_all) if stat == "min" else statistics.median(base_all)), out
 
 
 def describe_machine(device: torch.device) -> dict:
@@ -141,7 +174,9 @@ def parse_ints(text: str, what: str) -> list[int]:
         if not vals or min(vals) < 1:
             raise ValueError
     except ValueError:
-        raise ConfigError(f"{what} must be a comma-separated list of ints >= 1, got {text!r}") from None
+        raise ConfigError(
+            f"{what} must be a comma-separated list of ints >= 1, got {text!r}"
+        ) from None
     return vals
 
 
@@ -183,7 +218,8 @@ def print_table(headers: list[str], rows: list[list], title: str | None = None) 
 def rounded(obj, digits: int = 4):
     """Floats rounded (NaN -> None, so the summary is strict JSON) throughout nested dicts/lists."""
     if isinstance(obj, float):
-        return None if not math.isfinite(obj) else round(obj, digits)
+        # significant digits, so tiny values (e.g. a max |diff| of 1e-7) survive
+        return None if not math.isfinite(obj) else float(f"{obj:.{digits}g}")
     if isinstance(obj, dict):
         return {str(k): rounded(v, digits) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

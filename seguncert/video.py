@@ -16,7 +16,7 @@ import re
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 # FFmpeg inside OpenCV prints decoder complaints ("moov atom not found") straight to stderr;
@@ -31,6 +31,11 @@ from .errors import DataError, SeguncertError  # noqa: E402
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 DEFAULT_FPS = 10.0  # frame rate given to frame folders and images
+
+
+_UMASK = os.umask(0o022)  # read the umask (only settable), then restore it
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK  # what open() would give; mkstemp's files are 0600
 
 
 def natural_key(s: str) -> list:
@@ -50,7 +55,6 @@ class Source:
     paths: list[str]
     name: str  # stem used to name outputs
     origin: str = ""  # what the user typed (for messages)
-    extra: dict = field(default_factory=dict)
 
 
 def _frames_source(files: list[str], name: str, origin: str) -> Source:
@@ -141,8 +145,7 @@ class FrameReader:
         queue_size: int = 8,
     ):
         if isinstance(source, str):
-            found = iter_inputs([source])
-            source = found[0]
+            source = iter_inputs([source])[0]
         self.source = source
         self.size = tuple(size) if size is not None else None
         self.queue_size = queue_size
@@ -172,7 +175,6 @@ class FrameReader:
     def path(self) -> str:
         return self.source.origin or self.source.paths[0]
 
-    # ---- decoding ----
     def _frames(self, wanted: set[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Decode in order; with ``wanted``, skip other frames (grab without retrieve)."""
         if self.source.kind == "frames":
@@ -255,12 +257,6 @@ class FrameReader:
             self._thread.join()
             self._thread = None
 
-    def __enter__(self) -> FrameReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 def check_writable(path: str | Path) -> Path:
     """Raise DataError unless a file can be created at ``path`` (its folder is made if needed).
@@ -292,6 +288,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
@@ -348,13 +345,9 @@ class AtomicVideoWriter:
         if rgb.shape[:2] != self.size:
             raise ValueError(f"frame size {rgb.shape[:2]} != writer size {self.size}")
         bgr = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2BGR)
-        if self.enc_size != self.size:
-            pad = (
-                (0, self.enc_size[0] - self.size[0]),
-                (0, self.enc_size[1] - self.size[1]),
-                (0, 0),
-            )
-            bgr = np.pad(bgr, pad)
+        (h, w), (eh, ew) = self.size, self.enc_size
+        if (eh, ew) != (h, w):
+            bgr = np.pad(bgr, ((0, eh - h), (0, ew - w), (0, 0)))
         self._writer.write(bgr)
         self.frames += 1
 
@@ -367,6 +360,7 @@ class AtomicVideoWriter:
         if self.frames == 0:
             self.abort()
             raise DataError(f"no frames were written to {self.path}")
+        os.chmod(self.tmp, _FILE_MODE)
         os.replace(self.tmp, self.path)
         return self.path
 

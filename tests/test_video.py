@@ -27,7 +27,12 @@ def make_frames(folder, names, size=(20, 30)):
 
 def test_natural_sort():
     names = ["frame10.png", "frame2.png", "frame1.png", "Frame3.png"]
-    assert sorted(names, key=natural_key) == ["frame1.png", "frame2.png", "Frame3.png", "frame10.png"]
+    assert sorted(names, key=natural_key) == [
+        "frame1.png",
+        "frame2.png",
+        "Frame3.png",
+        "frame10.png",
+    ]
 
 
 def test_reader_on_generated_video(tmp_path):

@@ -30,13 +30,10 @@ from seguncert.errors import CheckpointError, DataError, SeguncertError, run_cli
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     a = p.add_argument
-    a(
-        "--checkpoint",
-        required=True,
-        help="run folder (uses best) or a checkpoint .json/.safetensors",
-    )
+    a("--checkpoint", required=True, metavar="CKPT", help="run folder (uses best) or .json")
     a(
         "--data-root",
+        metavar="DIR",
         help="dataset folder (CamVid / depth layout); not needed for synthetic checkpoints.\n"
         "Overrides data.root stored in the checkpoint's config",
     )
@@ -49,14 +46,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     a(
         "--mc-samples",
         type=int,
+        metavar="T",
         help="MC dropout samples T per image (default: the checkpoint's\n"
         "mc.samples; 1 with a model without dropout)",
     )
-    a("--out", required=True, help="output folder for metrics.json, tables and figures")
-    a("--batch-size", type=int, default=2, help="images per forward pass (default 2)")
-    a("--limit", type=int, help="evaluate only the first N images of the split")
-    a("--bins", type=int, default=15, help="confidence bins for ECE / reliability (default 15)")
-    a("--examples", type=int, default=4, help="images shown in examples.png (default 4)")
+    a(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder for metrics.json, tables and figures",
+    )
+    a("--batch-size", type=int, metavar="N", default=2, help="images per forward pass (default 2)")
+    a("--limit", type=int, metavar="N", help="evaluate only the first N images of the split")
+    a(
+        "--bins",
+        type=int,
+        metavar="B",
+        default=15,
+        help="confidence bins for ECE / reliability (default 15)",
+    )
+    a(
+        "--examples",
+        type=int,
+        metavar="N",
+        default=4,
+        help="images shown in examples.png (default 4)",
+    )
     a(
         "--fit-temperature",
         action="store_true",
@@ -72,12 +87,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     a(
         "--memory-budget-mb",
         type=float,
+        metavar="MB",
         help="bound on each replicated MC suffix batch\n"
         "(default: the checkpoint's mc.memory_budget_mb)",
     )
-    a("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
+    a("--seed", type=int, metavar="S", default=0, help="seed of the dropout masks (default 0)")
     a("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: cuda when available)")
-    a("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    a("--workers", type=int, metavar="N", default=0, help="DataLoader worker processes (default 0)")
     a("--no-progress", action="store_true", help="no tqdm progress bar")
     args = p.parse_args(argv)
     for name in ("mc_samples", "batch_size", "limit", "bins", "memory_budget_mb"):
@@ -149,6 +165,7 @@ def main(argv=None) -> int:
         raise DataError(f"data root not found: {args.data_root}")
     # Imported after the argument checks so a bad path fails fast (torch takes seconds).
     from seguncert.engine.checkpoint import load_checkpoint
+    from seguncert.engine.eval_report import summary_text
     from seguncert.engine.evaluation import evaluate_checkpoint
 
     device = pick_device(args.device)
@@ -172,45 +189,8 @@ def main(argv=None) -> int:
         split=args.split,
         progress=not args.no_progress,
     )
-    print(summary(metrics, Path(args.out)))
+    print(summary_text(metrics, Path(args.out)))
     return 0
-
-
-def _fmt(v, pct=False) -> str:
-    if v is None:
-        return "n/a"
-    return f"{100 * v:.2f}%" if pct else f"{v:.4f}"
-
-
-def summary(m: dict, out: Path) -> str:
-    lines = [
-        f"evaluated {m['num_images']} images ({m['num_pixels']:,} pixels) of split "
-        f"{m['split']!r} with T={m['mc_samples']} MC samples"
-    ]
-    if "miou" in m:
-        mi = m["uncertainty"].get("epistemic", {}).get("auroc")
-        lines.append(
-            f"mIoU {_fmt(m['miou'], True)}  pixel acc {_fmt(m['pixel_accuracy'], True)}  "
-            f"ECE {_fmt(m['ece'], True)}  NLL {_fmt(m['nll'])}  MI AUROC {_fmt(mi)}"
-        )
-        t = m.get("temperature") or {}
-        if t.get("value") is not None:
-            lines.append(
-                f"temperature {t['value']} ({t.get('source')})"
-                + (
-                    f": ECE {_fmt(t['ece_before'], True)} -> {_fmt(t['ece_after'], True)}"
-                    if t.get("ece_after") is not None
-                    else ""
-                )
-            )
-    if "depth" in m:
-        d = m["depth"]
-        lines.append(
-            f"depth AbsRel {_fmt(d['abs_rel'])}  RMSE {_fmt(d['rmse'])}  "
-            f"delta1 {_fmt(d['delta1'], True)}  AUSE-RMSE {_fmt(d.get('ause_rmse'))}"
-        )
-    lines.append(f"wrote {out}/ (metrics.json, tables, figures)")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from ..metrics.segmentation import ConfusionMatrix
 
 SEG_MAPS = ("entropy", "aleatoric", "epistemic", "prob_var")
 PAVPU_DEFAULT_MAP = "epistemic"
-PAVPU_STEPS = 4096
+PAVPU_STEPS = 2048
+PAVPU_ZOOM = 256
 SWEEP_POINTS = 128  # the PAvPU sweep in metrics.json is subsampled to about this many points
 QUALITY_KEYS = ("auroc", "aupr", "aurc", "eaurc")
 SWEEP_KEYS = (
@@ -43,24 +44,35 @@ def seg_ranges(num_classes: int) -> dict:
     }
 
 
-LOG_FLOOR = -10.0  # log10 of the smallest uncertainty the ranking histograms resolve
-LOG_CEIL = {"logit_var": 6.0}  # learned variances can be large; the bounded maps use their max
+EPS = 1e-10  # smallest distance from a bound that the ranking histograms resolve
+UNBOUNDED_LOG_RANGE = (-10.0, 6.0)  # log10 range for the learned logit variance
 
 
-def rank_transform(u: torch.Tensor) -> torch.Tensor:
-    """log10(u + 1e-10): monotonic, so AUROC / AUPR / AURC and the precision curves (which
-    depend only on the pixels' order) are unchanged, while fixed-width bins now resolve every
-    decade. Linear bins over [0, log C] would lump all of a confident model's small mutual
-    information values (often < 1e-3 nats) into one tied bin."""
-    return torch.log10(u.double().clamp_min(0.0) + 1e-10)
+def rank_transform(u: torch.Tensor, hi: float | None) -> torch.Tensor:
+    """A monotonic stretch of an uncertainty map for the ranking histograms: AUROC / AUPR /
+    AURC and the precision curves depend only on the pixels' order, which it keeps, while
+    fixed-width bins then resolve every decade near both ends. Bounded maps in [0, hi]:
+    log10(u + eps) - log10(hi - u + eps) (a confident model's MI is often < 1e-3 nats; a
+    near-uniform model's entropy sits just below log C); unbounded ones: log10(u + eps). Linear
+    bins over [0, log C] would tie either end into one bin."""
+    u = u.double().clamp_min(0.0)
+    t = torch.log10(u + EPS)
+    if hi is not None:
+        t = t - torch.log10((hi - u).clamp_min(0.0) + EPS)
+    return t
 
 
 def rank_ranges(num_classes: int, names) -> dict:
+    """(lo, hi) of the stretched maps, and the bound each map is stretched against."""
     lin = seg_ranges(num_classes)
-    return {
-        n: (LOG_FLOOR, LOG_CEIL.get(n, math.log10(lin[n][1] + 1e-10) if n in lin else 6.0))
-        for n in names
-    }
+    out = {}
+    for n in names:
+        if n in lin:
+            top = math.log10(lin[n][1] + EPS)
+            out[n] = (math.log10(EPS) - top, top - math.log10(EPS))
+        else:
+            out[n] = UNBOUNDED_LOG_RANGE
+    return out
 
 
 class SegmentationEval:
@@ -71,11 +83,18 @@ class SegmentationEval:
         c = self.num_classes = num_classes
         self.maps = SEG_MAPS + (("logit_var",) if heteroscedastic else ())
         ranks = rank_ranges(c, self.maps)
+        self.bounds = {k: hi for k, (_, hi) in seg_ranges(c).items()}
         self.cm = ConfusionMatrix(c)
         self.cal = CalibrationMetrics(c, n_bins=n_bins)
         self.quality = UncertaintyQuality(self.maps, n_bins=4096, ranges=ranks)
-        # Thresholds in map units; fine steps so a small mean uncertainty is not snapped to 0.
-        self.pavpu = PAvPU(self.maps, n_thresholds=PAVPU_STEPS, ranges=seg_ranges(c))
+        # PAvPU thresholds are in map units on linear bins (the patch mean is not rank-based).
+        # A second, zoomed instance over the bottom 1/ZOOM of each range resolves the small
+        # mean uncertainty of a confident model (mean MI ~1e-3 nats would snap to 0 otherwise).
+        lin = seg_ranges(c)
+        self.pavpu = PAvPU(self.maps, n_thresholds=PAVPU_STEPS, ranges=lin)
+        self.zoom_hi = {k: lo_hi[1] / PAVPU_ZOOM for k, lo_hi in lin.items()}
+        zoomed = {k: (0.0, hi) for k, hi in self.zoom_hi.items()}
+        self.pavpu_zoom = PAvPU(self.maps, n_thresholds=PAVPU_STEPS, ranges=zoomed)
         # MI error detection among the pixels of each true class (coarse histograms are enough).
         self.class_quality = [
             UncertaintyQuality(["epistemic"], n_bins=512, ranges=ranks, percentiles=[0])
@@ -95,9 +114,10 @@ class SegmentationEval:
         self.cm.update(pred, label)
         self.cal.update(probs, label)
         maps = {k: out[k].float() for k in self.maps}
-        ranked = {k: rank_transform(v) for k, v in maps.items()}
+        ranked = {k: rank_transform(v, self.bounds.get(k)) for k, v in maps.items()}
         self.quality.update(ranked, correct, valid)
         self.pavpu.update(maps, correct, valid)
+        self.pavpu_zoom.update(maps, correct, valid)
         for c, q in enumerate(self.class_quality):
             m = valid & (label == c)
             if bool(m.any()):
@@ -114,9 +134,11 @@ class SegmentationEval:
         rule, unlike the optimistic best-of-sweep, also reported) and the epistemic sweep."""
         means = {k: float(s) / max(count, 1) for k, s in zip(self.maps, self.map_sum, strict=True)}
         res = self.pavpu.compute(threshold=means)
+        zoom = self.pavpu_zoom.compute(threshold=means)
         per_map = {}
         for k, r in res.items():
-            at, best = r["at_threshold"] or {}, r["best"] or {}
+            fine = k in self.zoom_hi and means[k] < self.zoom_hi[k]
+            at, best = (zoom[k] if fine else r)["at_threshold"] or {}, r["best"] or {}
             per_map[k] = {
                 "value": at.get("pavpu", float("nan")),
                 "threshold": at.get("threshold", float("nan")),
@@ -134,7 +156,9 @@ class SegmentationEval:
             "map": PAVPU_DEFAULT_MAP,
             "threshold_rule": "mean of the map over labelled pixels",
             "patch_size": self.pavpu.patch_size,
-            "sweep": {key: sweep[key][:: max(1, len(sweep[key]) // SWEEP_POINTS)] for key in SWEEP_KEYS},
+            "sweep": {
+                key: sweep[key][:: max(1, len(sweep[key]) // SWEEP_POINTS)] for key in SWEEP_KEYS
+            },
             "maps": per_map,
         }
 

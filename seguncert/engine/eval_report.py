@@ -97,7 +97,9 @@ def class_table_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def write_examples(rows: list[dict], path: Path, column_titles=plots.EXAMPLE_COLUMNS) -> Path:
+def write_examples(
+    rows: list[dict], path: Path, column_titles=plots.EXAMPLE_COLUMNS, pred_scale=None
+) -> Path:
     """examples.png from rows of cropped numpy maps (all rows cropped to the smallest size)."""
     h = min(r["image"].shape[0] for r in rows)
     w = min(r["image"].shape[1] for r in rows)
@@ -115,6 +117,7 @@ def write_examples(rows: list[dict], path: Path, column_titles=plots.EXAMPLE_COL
         valid=stack("valid"),
         names=[r["name"] for r in rows],
         column_titles=column_titles,
+        pred_scale=pred_scale,
     )
 
 
@@ -158,8 +161,47 @@ def write_report(metrics: dict, rows: list[dict], meta, out_dir, seg_examples, d
         files.append(write_examples(seg_examples, out / "examples.png"))
     if depth_examples:
         name = "examples_depth.png" if seg_examples else "examples.png"
-        titles = ("input", "fused depth", "|error| (m)", "aleatoric σ (m)", "epistemic σ (m)")
-        files.append(write_examples(depth_examples, out / name, column_titles=titles))
+        titles = ("input", "fused depth (m)", "|error| (m)", "aleatoric σ (m)", "epistemic σ (m)")
+        scale = (meta.min_depth, meta.max_depth, "turbo_r")
+        files.append(write_examples(depth_examples, out / name, titles, pred_scale=scale))
     metrics["files"] = sorted(p.name for p in files) + ["metrics.json"]
     atomic_write_json(out / "metrics.json", json_safe(metrics))
     return files + [out / "metrics.json"]
+
+
+def _fmt(v, pct=False) -> str:
+    if v is None or v != v:  # undefined (None / NaN)
+        return "n/a"
+    return f"{100 * v:.2f}%" if pct else f"{v:.4f}"
+
+
+def summary_text(m: dict, out: Path) -> str:
+    """The few lines tools/evaluate.py prints: headline numbers and where the files went."""
+    lines = [
+        f"evaluated {m['num_images']} images ({m['num_pixels']:,} pixels) of split "
+        f"{m['split']!r} with T={m['mc_samples']} MC samples"
+    ]
+    if "miou" in m:
+        mi = m["uncertainty"]["epistemic"]["auroc"]
+        lines.append(
+            f"mIoU {_fmt(m['miou'], True)}  pixel acc {_fmt(m['pixel_accuracy'], True)}  "
+            f"ECE {_fmt(m['ece'], True)}  NLL {_fmt(m['nll'])}  MI AUROC {_fmt(mi)}"
+        )
+    t = m.get("temperature") or {}
+    if t.get("value") is not None:
+        v = t["value"]
+        shown = f"{len(v)} per-class values" if isinstance(v, list) else f"{v:.4g}"
+        line = f"temperature {shown} ({t['source']})"
+        if "ece_after" in t:
+            line += f": deterministic ECE {_fmt(t['ece_before'], True)} -> "
+            line += f"{_fmt(t['ece_after'], True)}, NLL {_fmt(t['nll_before'])} -> "
+            line += f"{_fmt(t['nll_after'])}; stored in {t.get('stored_in')}"
+        lines.append(line)
+    if "depth" in m:
+        d = m["depth"]
+        lines.append(
+            f"depth AbsRel {_fmt(d['abs_rel'])}  RMSE {_fmt(d['rmse'])}  "
+            f"delta1 {_fmt(d['delta1'], True)}  AUSE-RMSE {_fmt(d['ause_rmse'])}"
+        )
+    lines.append(f"wrote {out}/: {', '.join(m['files'])}")
+    return "\n".join(lines)

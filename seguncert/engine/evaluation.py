@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..data.common import IGNORE_INDEX, DatasetMeta
 from ..data.transforms import denormalize
-from ..errors import CheckpointError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..metrics.calibration import CalibrationMetrics
 from ..models.base import has_active_dropout
 from ..uncertainty.sampler import MCSampler
@@ -188,6 +188,8 @@ def evaluate_checkpoint(
     seg = task in ("segmentation", "joint")
     num_classes = len(meta.class_names)
     temp = {"value": None, "source": "none"}
+    if fit_temperature and not seg:
+        raise ConfigError("temperature scaling needs class logits: this is a depth checkpoint")
     if seg and fit_temperature:
         temp = fit_split_temperature(
             model, loader, device, num_classes, per_class_temperature, n_bins, progress

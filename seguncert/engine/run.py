@@ -10,11 +10,14 @@ and augmentation depend only on (seed, epoch, rank), a run stopped after epoch k
 ends with the same weights as an uninterrupted run (bit-exact on the CPU; on CUDA up to
 non-deterministic kernels unless ``train.deterministic``).
 
-Time budget ``train.max_minutes`` (per invocation): checked after every epoch and also inside
-the epoch, whose loop stops at ``start + budget - reserve`` where the reserve is the duration of
-the last validation + checkpointing (2% of the budget before the first one). The cut epoch is
-then validated and saved, so the run ends within a few percent of the budget. A resume from
-an epoch cut short continues with the next epoch (exactness holds for whole epochs).
+Time budget ``train.max_minutes`` (per invocation of fit, imports excluded): checked inside the
+epoch after every iteration (stop when one more iteration plus a validation would pass the
+budget) and after every epoch (stop when one more iteration plus two validations would). The
+validation cost is measured once known (validation + checkpointing), estimated before as a
+third of a training step per validation image. The cut epoch is then validated and saved, so
+the run ends within a few percent of the budget (the estimate's error, plus one iteration at
+worst). A resume from an epoch cut short continues with the next epoch (exactness holds for
+whole epochs: the interrupted run's last state is from the end of an epoch).
 
 DDP (``torchrun``): the model is wrapped in DistributedDataParallel (find_unused_parameters
 False); the loss's learned parameters stay outside it and their gradients are averaged by hand
@@ -44,6 +47,7 @@ from seguncert.engine.checkpoint import (
     save_checkpoint,
 )
 from seguncert.engine.distributed import (
+    any_rank,
     barrier,
     broadcast_buffers,
     build_loader,
@@ -141,20 +145,25 @@ def run_fit(cfg, out_dir, resume: bool = False, data_root=None) -> dict:
             seed_everything(epoch_seed(seed, start_epoch, rank))
 
     budget = cfg.train.max_minutes * 60.0 if cfg.train.max_minutes else None
-    reserve = 0.02 * budget if budget else 0.0
+    reserve = None  # measured seconds of one validation + checkpointing, once known
+    n_val = len(val_loader.sampler)
     stopped, epoch, train_stats, metrics = False, start_epoch - 1, {}, {}
     for epoch in range(start_epoch, cfg.train.epochs):
         set_loader_epoch(train_loader, seed, epoch, rank)
-        deadline = t_start + budget - reserve if budget else None
+        deadline = t_start + budget - (reserve or 0.0) if budget else None
         train_stats = train_one_epoch(
             train_model, criterion, optimizer, scheduler, train_loader, device, scaler, amp_dtype,
             epoch, cfg.optim.grad_clip, cfg.train.channels_last, progress=True, deadline=deadline,
-            log_every=cfg.train.log_every, writer=writer, global_step=global_step,
+            eval_images=n_val if reserve is None else 0, log_every=cfg.train.log_every,
+            writer=writer, global_step=global_step,
         )  # fmt: skip
         global_step += train_stats["iters"]
-        stopped = bool(train_stats["stopped_early"]) or (
-            deadline is not None and time.monotonic() >= deadline
-        )
+        stopped = bool(train_stats["stopped_early"])
+        if budget and not stopped:  # stop now unless one more iteration + validation still fit
+            per_iter = train_stats["seconds"] / max(1, train_stats["iters"])
+            val_est = reserve if reserve is not None else n_val * per_iter / (3 * bs)
+            late = time.monotonic() + per_iter + 2 * val_est > t_start + budget
+            stopped = any_rank(late, device)  # ranks' clocks differ: decide together
 
         t_val = time.monotonic()
         metrics = {}
@@ -185,8 +194,8 @@ def run_fit(cfg, out_dir, resume: bool = False, data_root=None) -> dict:
                 flush=True,
             )
         barrier()
-        if budget:
-            reserve = max(reserve, time.monotonic() - t_val)
+        if metrics:
+            reserve = max(reserve or 0.0, time.monotonic() - t_val)
         if stopped:
             break
 
@@ -199,7 +208,8 @@ def run_fit(cfg, out_dir, resume: bool = False, data_root=None) -> dict:
         "stopped_early": stopped,
         "minutes": minutes,
         "best_epoch": best["epoch"],
-        "best_metric": best["metric"],
+        "best_metric": best["metric"],  # its name: miou or abs_rel
+        "best_value": best["metrics"].get(best["metric"]) if best["metric"] else None,
         "best_metrics": best["metrics"],
         "last_metrics": metrics,
         "train": train_stats,

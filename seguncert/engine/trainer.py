@@ -54,13 +54,16 @@ def train_one_epoch(
     progress: bool = True,
     *,
     deadline: float | None = None,
+    eval_images: int = 0,
     log_every: int = 10,
     writer=None,
     global_step: int = 0,
 ) -> dict:
     """One pass over ``loader``. Returns mean loss and loss parts, last lr, images/s, the number
     of iterations and of skipped (fp16 overflow) steps, and ``stopped_early`` when the
-    ``deadline`` (a ``time.monotonic()`` value) passed mid-epoch."""
+    ``deadline`` (a ``time.monotonic()`` value) came mid-epoch: the loop stops before an iteration
+    that would end past the deadline minus the time to evaluate ``eval_images`` images
+    (estimated at a third of a training step's cost per image)."""
     model.train()
     criterion.train()
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -124,7 +127,8 @@ def train_one_epoch(
         if finite:
             sums["loss"] += loss.item()
             for k, v in parts.items():
-                sums[k] += float(v)
+                if k != "loss":  # the criterion may repeat the total among its parts
+                    sums[k] += float(v)
             sums["finite_iters"] += 1
         lr = optimizer.param_groups[0]["lr"]
         if i % max(1, log_every) == 0:
@@ -135,9 +139,13 @@ def train_one_epoch(
                 writer.add_scalar("train/loss", loss.item(), step)
                 writer.add_scalar("train/lr", lr, step)
                 writer.add_scalar("train/grad_norm", float(grad_norm), step)
-        if deadline is not None and any_rank(time.monotonic() > deadline, device):
-            stopped_early = True
-            break
+        if deadline is not None and i + 1 < len(loader):
+            elapsed = time.perf_counter() - start
+            per_iter, per_image = elapsed / iters, elapsed / max(1, images // get_world_size())
+            need = per_iter + eval_images * per_image / 3
+            if any_rank(time.monotonic() + need > deadline, device):
+                stopped_early = True
+                break
     bar.close()
 
     seconds = time.perf_counter() - start

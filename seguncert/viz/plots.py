@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 DPI = 110
@@ -280,6 +282,7 @@ def example_grid(
     valid=None,
     names: Sequence[str] | None = None,
     column_titles: Sequence[str] = EXAMPLE_COLUMNS,
+    pred_scale: tuple[float, float, str] | None = None,
 ) -> Path:
     """One row per example: input | fused prediction | error mask | aleatoric | epistemic.
 
@@ -288,6 +291,8 @@ def example_grid(
     magnitude, e.g. depth |d - d*|, drawn as a heat map); ``aleatoric``, ``epistemic``:
     (N, H, W) float. Uncertainty columns share one colour scale per column (0 to the 99th
     percentile) so rows are comparable; each panel has its own colour bar.
+    ``pred_scale``: (vmin, vmax, cmap) that coloured ``pred_colour`` (e.g. a depth map): adds
+    its colour bar; without it the prediction column gets none (class colours).
     """
     image = np.asarray(image)
     n = image.shape[0]
@@ -306,19 +311,30 @@ def example_grid(
     panel_w = 3.0
     fig = _figure(panel_w * 5 + 1.5, panel_w * h / w * n + 0.8)
     axes = fig.subplots(n, 5, squeeze=False)
+
+    def bar(ax, mappable=None):
+        if mappable is None:  # reserve the same room so every panel of a row has one size
+            fig.colorbar(ScalarMappable(), ax=ax, fraction=0.046, pad=0.02).ax.set_visible(False)
+        else:
+            fig.colorbar(mappable, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=7)
+
     for i in range(n):
         row = axes[i]
         row[0].imshow(image[i])
+        bar(row[0])
         row[1].imshow(np.asarray(pred_colour[i]))
+        if pred_scale is not None:
+            lo, hi, cmap = pred_scale
+            bar(row[1], ScalarMappable(Normalize(lo, hi), cmap))
+        else:
+            bar(row[1])
         if err.dtype == bool:
             row[2].imshow(_error_rgb(err[i], None if valid is None else np.asarray(valid[i])))
+            bar(row[2])
         else:
-            im = row[2].imshow(err[i], cmap="magma", vmin=0, vmax=scales["err"])
-            fig.colorbar(im, ax=row[2], fraction=0.046, pad=0.02)
+            bar(row[2], row[2].imshow(err[i], cmap="magma", vmin=0, vmax=scales["err"]))
         for ax, a, key in ((row[3], alea[i], "alea"), (row[4], epi[i], "epi")):
-            im = ax.imshow(a, cmap="inferno", vmin=0, vmax=scales[key])
-            cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-            cb.ax.tick_params(labelsize=7)
+            bar(ax, ax.imshow(a, cmap="inferno", vmin=0, vmax=scales[key]))
         for j, ax in enumerate(row):
             ax.set_xticks([])
             ax.set_yticks([])

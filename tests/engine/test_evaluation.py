@@ -17,7 +17,7 @@ from seguncert.data.common import DatasetMeta
 from seguncert.data.transforms import build_eval_transform
 from seguncert.engine.checkpoint import load_checkpoint, save_checkpoint
 from seguncert.engine.evaluation import evaluate_checkpoint, fit_split_temperature
-from seguncert.errors import CheckpointError, DataError
+from seguncert.errors import CheckpointError, ConfigError, DataError
 from seguncert.models.build import build_model
 from seguncert.uncertainty.sampler import MCSampler
 
@@ -146,7 +146,11 @@ def test_writes_every_file_and_key(seg_run):
     }
     for m in saved["uncertainty"].values():
         assert 0 <= m["auroc"] <= 1 and 0 <= m["aupr"] <= 1 and 0 <= m["aurc"] <= 1
-    assert 0 <= saved["pavpu"]["value"] <= 1 and len(saved["pavpu"]["sweep"]["pavpu"]) > 10
+    pav = saved["pavpu"]
+    assert 0 <= pav["value"] <= 1 and 10 < len(pav["sweep"]["pavpu"]) <= 300
+    # default threshold = the epistemic map's mean, resolved by the zoomed histogram
+    mean_mi = saved["uncertainty"]["epistemic"]["mean"]
+    assert pav["threshold"] == pytest.approx(mean_mi, rel=0.05, abs=1e-6)
     assert saved["num_images"] == 4 and saved["mc_samples"] == 3 and saved["split"] == "val"
     assert saved["num_pixels"] == 4 * (H - 3) * W
     csv_lines = (out / "calibration_per_class.csv").read_text().splitlines()
@@ -255,6 +259,28 @@ def test_bad_inputs(tmp_path):
     model, info = make_checkpoint(tmp_path / "run")
     with pytest.raises(CheckpointError, match="task"):
         evaluate_checkpoint(model, {**info, "kind": "video"}, [], 2, "cpu", out_dir=tmp_path)
+    depth_model, depth_info = make_checkpoint(tmp_path / "depth", task="depth")
+    with pytest.raises(ConfigError, match="depth checkpoint"):
+        evaluate_checkpoint(depth_model, depth_info, [], 2, "cpu", fit_temperature=True)
     empty = torch.utils.data.DataLoader(torch.utils.data.Subset(TinyScenes(model, n=1), []))
     with pytest.raises(DataError, match="no images"):
         evaluate_checkpoint(model, info, empty, 2, "cpu", out_dir=tmp_path / "e", progress=False)
+
+
+def test_rank_stretch_resolves_both_ends_of_a_map():
+    """AUROC from the fixed-size histograms matches the exact one for maps squeezed against
+    either bound (tiny MI of a confident model; entropy just below log C of a uniform one)."""
+    from seguncert.engine.eval_metrics import rank_ranges, rank_transform
+    from seguncert.metrics.quality import UncertaintyQuality
+
+    g = torch.Generator().manual_seed(0)
+    wrong = torch.rand(1, 64, 64, generator=g) < 0.3
+    score = torch.rand(1, 64, 64, generator=g) + wrong * 0.4  # errors score higher
+    log_c = math.log(len(NAMES))
+    maps = {"epistemic": 1e-6 * score, "entropy": log_c - 1e-5 * (2 - score)}
+    ranges = rank_ranges(len(NAMES), maps)
+    q = UncertaintyQuality(list(maps), n_bins=4096, ranges=ranges)
+    q.update({k: rank_transform(v, log_c) for k, v in maps.items()}, ~wrong)
+    exact = roc_auc_score(wrong.ravel().numpy(), score.ravel().numpy())
+    for k, r in q.compute()["maps"].items():
+        assert r["auroc"] == pytest.approx(exact, abs=2e-3), k

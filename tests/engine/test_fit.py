@@ -44,6 +44,7 @@ def test_fit_writes_run_folder(tmp_path):
             "last.state.json", "last.state.safetensors", "log.csv", "tb"} <= names  # fmt: skip
     assert not [n for n in names if n.endswith(".tmp")]
     assert summary["epochs_completed"] == 2 and summary["best_metric"] == "miou"
+    assert summary["best_value"] == summary["best_metrics"]["miou"]
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
     assert [r["epoch"] for r in rows] == ["0", "1"] and "val_miou" in rows[0]
     assert "train_loss" in rows[0] and "train_lr" in rows[0]
@@ -53,9 +54,17 @@ def test_fit_writes_run_folder(tmp_path):
     assert any((tmp_path / "tb").iterdir())
 
 
-def test_resume_is_exact(tmp_path, monkeypatch):
+AUGMENT = ("data.scale_range=[0.8,1.2]", "data.hflip=true", "data.color_jitter=0.2")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [(), (*AUGMENT, "data.num_workers=1")],
+    ids=["no-augmentation", "augmentation-in-a-worker"],
+)
+def test_resume_is_exact(tmp_path, monkeypatch, extra):
     straight, parted = tmp_path / "straight", tmp_path / "parted"
-    fit(tiny_cfg("train.epochs=3"), straight)
+    fit(tiny_cfg("train.epochs=3", *extra), straight)
 
     real = fit_mod.train_one_epoch
 
@@ -66,10 +75,10 @@ def test_resume_is_exact(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fit_mod, "train_one_epoch", killed_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        fit(tiny_cfg("train.epochs=3"), parted)
+        fit(tiny_cfg("train.epochs=3", *extra), parted)
     assert json.loads((parted / "last.json").read_text())["epoch"] == 0
     monkeypatch.setattr(fit_mod, "train_one_epoch", real)
-    fit(tiny_cfg("train.epochs=3"), parted, resume=True)
+    fit(tiny_cfg("train.epochs=3", *extra), parted, resume=True)
     a, b = weights(straight), weights(parted)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -82,6 +91,13 @@ def test_time_budget_cuts_the_epoch_and_still_saves(tmp_path):
     assert summary["stopped_early"] and summary["epochs_completed"] == 1
     assert summary["train"]["iters"] == 1  # the budget was checked inside the epoch
     assert (tmp_path / "best.json").is_file() and (tmp_path / "last.state.json").is_file()
+
+
+def test_time_budget_is_honoured(tmp_path):
+    budget_s = 3.0
+    summary = fit(tiny_cfg("train.epochs=1000", f"train.max_minutes={budget_s / 60}"), tmp_path)
+    assert summary["stopped_early"] and summary["epochs_completed"] >= 2
+    assert summary["minutes"] * 60 <= budget_s + 1.0  # slack: one slow iteration on a busy CPU
 
 
 def test_resume_without_state_is_a_clear_error(tmp_path):

@@ -92,6 +92,7 @@ def test_bf16_autocast_one_epoch_on_cpu():
                             grad_clip=1.0, progress=False)  # fmt: skip
     assert stats["iters"] == 2 and torch.isfinite(torch.tensor(stats["loss"]))
     assert stats["images_per_s"] > 0 and stats["skipped_steps"] == 0
+    assert stats["loss"] == pytest.approx(stats["seg"])  # single task: the total is the part
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.dtype == torch.float32 for p in model.parameters())
 

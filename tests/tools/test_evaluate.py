@@ -6,11 +6,11 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-
+REPO = Path(__file__).resolve().parents[2]
 TRAIN = REPO / "tools" / "train.py"
 EVALUATE = REPO / "tools" / "evaluate.py"
 TINY = [
@@ -45,15 +45,35 @@ def checkpoint(tmp_path_factory):
 def test_evaluate_end_to_end(checkpoint, tmp_path):
     out = tmp_path / "eval"
     r = run(
-        [EVALUATE, "--checkpoint", checkpoint, "--out", out, "--mc-samples", "2", "--limit", "2",
-         "--fit-temperature", "--examples", "2", "--no-progress", "--device", "cpu"],
+        [
+            EVALUATE,
+            "--checkpoint",
+            checkpoint,
+            "--out",
+            out,
+            "--mc-samples",
+            "2",
+            "--limit",
+            "2",
+            "--fit-temperature",
+            "--examples",
+            "2",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     files = {p.name for p in out.iterdir()}
     assert {
-        "metrics.json", "calibration_per_class.md", "calibration_per_class.csv", "reliability.png",
-        "reliability_per_class.png", "precision_vs_uncertainty.png", "examples.png",
+        "metrics.json",
+        "calibration_per_class.md",
+        "calibration_per_class.csv",
+        "reliability.png",
+        "reliability_per_class.png",
+        "precision_vs_uncertainty.png",
+        "examples.png",
     } <= files
     m = json.loads((out / "metrics.json").read_text())
     assert m["num_images"] == 2 and m["mc_samples"] == 2 and m["split"] == "val"
@@ -87,8 +107,19 @@ def test_user_errors_exit_2_with_one_line(checkpoint, tmp_path, args, message):
 def test_help_explains_every_flag(tmp_path):
     r = run([EVALUATE, "--help"], cwd=tmp_path)
     assert r.returncode == 0
-    for flag in ("--checkpoint", "--data-root", "--split", "--mc-samples", "--out", "--batch-size",
-                 "--limit", "--bins", "--fit-temperature", "--per-class-temperature",
-                 "--memory-budget-mb", "--device"):
+    for flag in (
+        "--checkpoint",
+        "--data-root",
+        "--split",
+        "--mc-samples",
+        "--out",
+        "--batch-size",
+        "--limit",
+        "--bins",
+        "--fit-temperature",
+        "--per-class-temperature",
+        "--memory-budget-mb",
+        "--device",
+    ):
         assert flag in r.stdout
     assert r.stdout.count("(default") >= 5

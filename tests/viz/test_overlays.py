@@ -45,7 +45,9 @@ def test_heatmap_follows_the_colormap_monotonically():
     lut = colormap_lut("inferno").astype(np.int64)
     ramp = np.linspace(-1.0, 3.0, 500, dtype=np.float32)[None, :]
     rgb = heatmap(ramp, 0.0, 2.0, "inferno").astype(np.int64)
-    assert rgb.shape == (1, 500, 3) and (rgb[0, 0] == lut[0]).all() and (rgb[0, -1] == lut[255]).all()
+    assert (
+        rgb.shape == (1, 500, 3) and (rgb[0, 0] == lut[0]).all() and (rgb[0, -1] == lut[255]).all()
+    )
     # Every output colour is a LUT entry, at a LUT position that never decreases along the ramp.
     idx = [int(np.argmin(((lut - c) ** 2).sum(1))) for c in rgb[0]]
     assert all((lut[i] == c).all() for i, c in zip(idx, rgb[0]))

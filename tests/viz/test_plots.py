@@ -38,25 +38,23 @@ def test_reliability_diagram_computes_ece_when_absent(tmp_path):
     assert norm["ece"] == pytest.approx(expect)
 
 
-@pytest.mark.parametrize("as_arrays", [False, True])
-def test_classwise_grid(tmp_path, as_arrays):
+def test_classwise_grid_from_lists_and_arrays(tmp_path):
     rng = np.random.default_rng(1)
-    per = [_bins(rng) for _ in range(5)]
-    names = [f"c{i}" for i in range(5)]
-    palette = [[i * 40, 255 - i * 40, 100] for i in range(5)]
-    arg = per
-    if as_arrays:
-        arg = {
-            k: np.array([[np.nan if v is None else v for v in b[k]] for b in per])
-            for k in ("counts", "accuracy", "confidence")
-        }
-        arg["ece"] = [0.1] * 5
-    out = plots.classwise_reliability_grid(arg, names, palette, tmp_path / "grid.png")
-    _check_png(out)
-    out2 = plots.classwise_reliability_grid(
-        per, names, palette, tmp_path / "grid2.png", overall=_bins(rng)
+    per = [_bins(rng) for _ in range(3)]
+    names, palette = ["a", "b", "c"], [[200, 40, 40], [40, 200, 40], [40, 40, 200]]
+    _check_png(plots.classwise_reliability_grid(per, names, palette, tmp_path / "grid.png"))
+    arrays = {
+        k: np.array([[np.nan if v is None else v for v in b[k]] for b in per])
+        for k in ("counts", "accuracy", "confidence")
+    }
+    arrays["ece"] = [0.1, 0.2, 0.3]
+    split = plots._split_classwise(arrays, 3)
+    assert [b["ece"] for b in split] == [0.1, 0.2, 0.3]
+    np.testing.assert_array_equal(split[1]["counts"], per[1]["counts"])
+    out = plots.classwise_reliability_grid(
+        arrays, names, palette, tmp_path / "grid2.png", overall=_bins(rng)
     )
-    _check_png(out2)
+    _check_png(out)
 
 
 def test_precision_and_sparsification(tmp_path):
@@ -72,7 +70,7 @@ def test_precision_and_sparsification(tmp_path):
 
 def test_example_grid_bool_and_float_errors(tmp_path):
     rng = np.random.default_rng(2)
-    n, h, w = 2, 24, 32
+    n, h, w = 2, 16, 24
     img = rng.integers(0, 255, (n, h, w, 3), dtype=np.uint8)
     pred = rng.integers(0, 255, (n, h, w, 3), dtype=np.uint8)
     err = rng.random((n, h, w)) > 0.7
