@@ -178,9 +178,7 @@ def _apply(cfg: Config, section: str, key: str, value) -> None:
     sub = getattr(cfg, section)
     hints = typing.get_type_hints(type(sub))
     if key not in hints:
-        raise ConfigError(
-            f"unknown config key '{section}.{key}'{_closest(key, list(hints))}"
-        )
+        raise ConfigError(f"unknown config key '{section}.{key}'{_closest(key, list(hints))}")
     setattr(sub, key, _coerce(value, hints[key], f"{section}.{key}"))
 
 

@@ -81,8 +81,31 @@ def build_scheduler(
         raise ConfigError(f"config key 'optim.warmup_iters' must be >= 0, got {cfg.warmup_iters}")
     lr_factor(0, total_iters, cfg.schedule)  # validates the schedule name up front
     schedule, warmup, power = cfg.schedule, cfg.warmup_iters, cfg.poly_power
+    horizon = Horizon(total_iters)
 
     def factor(it: int) -> float:
-        return lr_factor(it, total_iters, schedule, warmup, power)
+        return lr_factor(it, horizon.total, schedule, warmup, power)
 
+    factor.horizon = horizon  # on the lambda: LambdaLR.state_dict() would copy an attribute
     return LambdaLR(optimizer, factor)
+
+
+def schedule_horizon(scheduler: LambdaLR) -> Horizon:
+    """The :class:`Horizon` of a scheduler from :func:`build_scheduler`."""
+    return scheduler.lr_lambdas[0].horizon
+
+
+class Horizon:
+    """The iteration count a schedule decays over. Under ``train.max_minutes`` fit shortens it
+    to the iterations that fit the budget, so a time-limited run still ends at a low learning
+    rate instead of being cut off mid-schedule at a high one."""
+
+    def __init__(self, total: int):
+        self.total = int(total)
+
+    def fit_budget(self, done_iters: int, seconds_left: float, seconds_per_iter: float) -> int:
+        """Shrink (never grow) ``total`` to ``done_iters`` plus the iterations that fit."""
+        if seconds_per_iter > 0:
+            fits = done_iters + int(max(0.0, seconds_left) / seconds_per_iter)
+            self.total = max(done_iters + 1, min(self.total, fits))
+        return self.total

@@ -14,7 +14,9 @@ Time budget ``train.max_minutes`` (per invocation of fit, imports excluded): che
 epoch after every iteration (stop when one more iteration plus a validation would pass the
 budget) and after every epoch (stop when one more iteration plus two validations would). The
 validation cost is measured once known (validation + checkpointing), estimated before as a
-third of a training step per validation image. The cut epoch is then validated and saved, so
+third of a training step per validation image. After the first epoch the learning-rate
+schedule's horizon is shortened to the iterations predicted to fit the budget (stored for
+resume), so a budgeted run still decays its learning rate to the end. The cut epoch is then validated and saved, so
 the run ends within a few percent of the budget (the estimate's error, plus one iteration at
 worst). A resume from an epoch cut short continues with the next epoch (exactness holds for
 whole epochs: the interrupted run's last state is from the end of an epoch).
@@ -56,7 +58,7 @@ from seguncert.engine.distributed import (
     seed_everything,
     set_loader_epoch,
 )
-from seguncert.engine.optim import build_optimizer, build_scheduler
+from seguncert.engine.optim import build_optimizer, build_scheduler, schedule_horizon
 from seguncert.engine.resume import (
     capture_rng_state,
     load_resume_state,
@@ -159,6 +161,21 @@ def run_fit(cfg, out_dir, resume: bool = False, data_root=None) -> dict:
         )  # fmt: skip
         global_step += train_stats["iters"]
         stopped = bool(train_stats["stopped_early"])
+        if budget and not resume and epoch == start_epoch and not stopped:
+            # Decay the schedule within the budget: remaining time less one validation per
+            # val_every epochs (estimated as in train_one_epoch until measured).
+            per_iter = train_stats["seconds"] / max(1, train_stats["iters"])
+            val_s = reserve if reserve is not None else n_val * per_iter / (3 * bs)
+            epoch_s = per_iter * len(train_loader)
+            left = t_start + budget - time.monotonic()
+            n_vals = 1 + left / max(1e-9, epoch_s * max(1, cfg.train.val_every) + val_s)
+            total = schedule_horizon(scheduler).fit_budget(
+                global_step, left - n_vals * val_s, per_iter
+            )
+            if world > 1:  # rank 0's estimate everywhere, or ranks would use different lrs
+                t = torch.tensor([total], dtype=torch.int64, device=device)
+                dist.broadcast(t, src=0)
+                schedule_horizon(scheduler).total = int(t.item())
         if budget and not stopped:  # stop now unless one more iteration + validation still fit
             per_iter = train_stats["seconds"] / max(1, train_stats["iters"])
             val_est = reserve if reserve is not None else n_val * per_iter / (3 * bs)
@@ -184,6 +201,7 @@ def run_fit(cfg, out_dir, resume: bool = False, data_root=None) -> dict:
             save_resume_state(out_dir, {
                 "epoch": epoch, "global_step": global_step, "best": best, "world_size": world,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "horizon": schedule_horizon(scheduler).total,
                 "scaler": scaler.state_dict(), "criterion": criterion.state_dict(), "rng": rng,
             })  # fmt: skip
             log_epoch(log, writer, epoch, global_step, train_stats, metrics)
@@ -249,6 +267,9 @@ def restore_training(out_dir: Path, model, criterion, optimizer, scheduler, scal
     try:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        schedule_horizon(scheduler).total = int(
+            state.get("horizon", schedule_horizon(scheduler).total)
+        )
         if scaler.is_enabled() and state["scaler"]:
             scaler.load_state_dict(state["scaler"])
         criterion.load_state_dict(state["criterion"])

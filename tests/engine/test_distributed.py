@@ -78,7 +78,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     calls = []
     real_save = run_mod.save_checkpoint
     run_mod.save_checkpoint = lambda *a, **k: (calls.append(a[1]), real_save(*a, **k))[1]
-    from test_fit import tiny_cfg
+    from tests.engine.test_fit import tiny_cfg
 
     summary = run_mod.run_fit(tiny_cfg("train.epochs=1"), out / "run")
     (out / f"rank{rank}.json").write_text(json.dumps({
@@ -110,9 +110,8 @@ def test_two_process_gloo_training(tmp_path):
     assert r0["saves"] == ["best", "last"] and r1["saves"] == []
     # validation metrics are all-reduced: both ranks report the whole val set (4 x 32 x 32)
     assert r0["count"] == r1["count"] and r0["miou"] == r1["miou"]
-    from test_fit import tiny_cfg
-
     from seguncert.data.build import build_datasets
+    from tests.engine.test_fit import tiny_cfg
 
     _, val, _ = build_datasets(tiny_cfg())
     assert r0["count"] == sum(int(val[i]["valid"].sum()) for i in range(len(val)))

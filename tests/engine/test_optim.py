@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from seguncert.config import OptimConfig
-from seguncert.engine.optim import build_optimizer, build_scheduler
+from seguncert.engine.optim import build_optimizer, build_scheduler, schedule_horizon
 from seguncert.errors import ConfigError
 
 
@@ -79,3 +79,21 @@ def test_bad_values():
     opt = build_optimizer(OptimConfig(), [nn.Parameter(torch.zeros(2, 2))])
     with pytest.raises(ConfigError, match="optim.schedule"):
         build_scheduler(OptimConfig(schedule="step"), opt, 10)
+
+
+def test_horizon_fits_the_schedule_into_a_time_budget():
+    cfg = OptimConfig(lr=1.0, schedule="poly", poly_power=1.0, warmup_iters=0)
+    opt = build_optimizer(cfg, [nn.Parameter(torch.zeros(2, 2))])
+    sched = build_scheduler(cfg, opt, 1000)
+    horizon = schedule_horizon(sched)
+    for _ in range(10):
+        opt.step()
+        sched.step()
+    # 10 iterations done, 30 s left at 1 s per iteration: the decay must end at iteration 40.
+    assert horizon.fit_budget(10, 30.0, 1.0) == 40
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0 - 11 / 40)
+    assert horizon.fit_budget(11, 1e6, 1.0) == 40  # never grows back
+    assert horizon.fit_budget(11, -5.0, 1.0) == 12  # out of time: ends after the next step
+    assert "horizon" not in str(sched.state_dict())  # state stays plain numbers
