@@ -23,7 +23,17 @@ class MCDropout(nn.Dropout):
 
     A distinct class so the sampler finds exactly the dropout layers that the Bayesian
     placement inserted (and not, say, dropout inside a third-party encoder).
+
+    On the CPU the mask is ``rand < 1 - p`` rather than ``F.dropout``'s ``bernoulli_``: same
+    distribution, about 2.5x cheaper to draw (on a 2-core CPU ``bernoulli_`` was ~10% of a
+    U-Net training step with the decoder preset). CUDA keeps the fused kernel.
     """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu":
+            return super().forward(x)
+        keep = 1.0 - self.p
+        return x * (torch.rand_like(x) < keep).to(x.dtype).mul_(1.0 / keep)
 
 
 def has_active_dropout(module: nn.Module) -> bool:

@@ -101,10 +101,10 @@ def test_scene_change_drops_history(make_model):
         still["depth"], MCSampler(model, samples=2)(x, first_sample=4)["depth"]
     )
     temporal.reset()
-    _close(temporal(x, bright), MCSampler(model, samples=2)(x), atol=0)
+    _close(temporal(x, bright), MCSampler(model, samples=2)(x), atol=1e-6)
     # a new input size starts over by itself
     small = x[..., :6, :6]
-    _close(temporal(small), MCSampler(model, samples=2)(small), atol=0)
+    _close(temporal(small), MCSampler(model, samples=2)(small), atol=1e-6)
 
 
 def test_bad_arguments(make_model):
