@@ -93,6 +93,13 @@ class _SumAccumulator:
     def _add(self, name: str, value: Tensor) -> None:
         self.sums[name] = value if name not in self.sums else self.sums[name] + value
 
+    def _add_(self, name: str, value: Tensor) -> None:
+        """In-place add; the first value is copied so no caller's tensor is aliased."""
+        if name in self.sums:
+            self.sums[name].add_(value)
+        else:
+            self.sums[name] = value.clone()
+
     def _count_map(self) -> Tensor:
         """The count as a (B, 1, H, W) tensor (so it can be warped or gated per pixel)."""
         if isinstance(self.count, Tensor):
@@ -148,15 +155,22 @@ class SegmentationAccumulator(_SumAccumulator):
         (k, B, 1 or C, H, W) optional; log_probs (same as probs) optional, used for a more
         accurate per-sample entropy when given (log_softmax output)."""
         p = _stack(probs).float()
-        if log_probs is not None:
-            lp = _stack(log_probs).float()
-            # p * log p with p -> 0 is 0; lp is finite there, so the product is exactly 0.
-            ent = -(p * lp).sum(2, keepdim=True)
-        else:
-            ent = -torch.xlogy(p, p).sum(2, keepdim=True)
-        self._add("p", p.sum(0))
-        self._add("p2", (p * p).sum(0))
-        self._add("ent", ent.sum(0))
+        lp = _stack(log_probs).float() if log_probs is not None else None
+        # One sample at a time, in place: temporaries stay (B, C, H, W) instead of
+        # (k, B, C, H, W), which on the CPU is memory traffic, the cost of these maps.
+        for t in range(p.shape[0]):
+            pt = p[t]
+            if lp is not None:
+                # p * log p with p -> 0 is 0; lp is finite there, so the product is exactly 0.
+                ent = (pt * lp[t]).sum(1, keepdim=True).neg_()
+            else:
+                ent = torch.xlogy(pt, pt).sum(1, keepdim=True).neg_()
+            self._add_("p", pt)
+            self._add_("ent", ent)
+            if "p2" in self.sums:
+                self.sums["p2"].addcmul_(pt, pt)
+            else:
+                self.sums["p2"] = pt * pt
         if logit_log_var is not None:
             self._add("logit_var", _stack(logit_log_var).float().exp().sum(0))
         self.count = self.count + p.shape[0]

@@ -39,7 +39,8 @@ class SeededDropout:
 
     Inside, each such layer is put in eval mode (identity) and a forward hook multiplies its input
     by a mask built as the concatenation over the chunk's samples t of a Bernoulli(1-p) draw of
-    shape (B, ...) from a generator seeded by ``mask_seed(seed, t, layer, call)``. Call
+    shape (B, ...) (random bytes against a 1/256-quantised keep probability) from a generator
+    seeded by ``mask_seed(seed, t, layer, call)``. Call
     :meth:`set_samples` with the sample indices of the replicated batch before every forward.
     """
 
@@ -88,16 +89,23 @@ class SeededDropout:
             raise SeguncertError(
                 f"dropout input batch {x.shape[0]} is not a multiple of the {k} samples"
             )
-        shape = (x.shape[0] // k, *x.shape[1:])
+        n = x.numel() // k
         gen = self._generator(x.device)
-        masks = []
+        # Random *bytes*, 8 per 64-bit draw: ~2.6x cheaper on the CPU than one float per element
+        # (the CPU generator is the bottleneck). keep is quantised to 1/256 and the scale uses
+        # the quantised value, so E[mask * scale] = 1 exactly (p = 0.5 is exact).
+        threshold = max(1, min(256, round(keep * 256)))
+        draws = []
         for t in self.sample_ids:
             gen.manual_seed(mask_seed(self.seed, t, layer, call))
-            # rand < keep: the Bernoulli(keep) draw of bernoulli_, ~2.5x cheaper on the CPU.
-            u = torch.rand(shape, device=x.device, dtype=torch.float32, generator=gen)
-            masks.append((u < keep).to(x.dtype))
-        mask = masks[0] if k == 1 else torch.cat(masks)
-        return x * mask.mul_(1.0 / keep)
+            r = torch.randint(-(2**63), 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64,
+                              device=x.device, generator=gen)  # fmt: skip
+            draws.append(r.view(torch.uint8)[:n])
+        raw = draws[0] if k == 1 else torch.cat(draws)
+        if threshold == 256:
+            return x.clone()
+        mask = (raw < threshold).view(x.shape).to(x.dtype).mul_(256.0 / threshold)
+        return x * mask
 
 
 def flat_tensors(obj) -> list[torch.Tensor]:
