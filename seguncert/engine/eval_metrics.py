@@ -75,6 +75,15 @@ def rank_ranges(num_classes: int, names) -> dict:
     return out
 
 
+def label_boundaries(label: torch.Tensor) -> torch.Tensor:
+    """label (B, H, W) int -> bool (B, H, W): pixels whose 3x3 neighbourhood holds another label
+    (void included), i.e. a band about 2 px wide along every object boundary."""
+    x = label.float().unsqueeze(1)
+    hi = torch.nn.functional.max_pool2d(x, 3, 1, 1)
+    lo = -torch.nn.functional.max_pool2d(-x, 3, 1, 1)
+    return (hi != lo)[:, 0]
+
+
 class SegmentationEval:
     """Confusion matrix, calibration, error detection (AUROC/AUPR/AURC, precision curves),
     PAvPU and per-class table sums over every labelled pixel of a split."""
@@ -103,6 +112,10 @@ class SegmentationEval:
         self.map_sum = torch.zeros(len(self.maps), dtype=torch.float64)
         self.prob_sum = torch.zeros(c, dtype=torch.float64)  # sum of p_c over labelled pixels
         self.pred_conf_sum = torch.zeros(c, dtype=torch.float64)  # top confidence, by prediction
+        # Where the uncertainty sits: map sums by true class, and on label boundaries vs inside.
+        self.class_map_sum = torch.zeros(c, len(self.maps), dtype=torch.float64)
+        self.region_sum = torch.zeros(2, len(self.maps), dtype=torch.float64)  # boundary, inside
+        self.region_count = torch.zeros(2, dtype=torch.float64)
 
     @torch.no_grad()
     def update(self, out: dict, label: torch.Tensor) -> None:
@@ -123,6 +136,12 @@ class SegmentationEval:
             if bool(m.any()):
                 q.update({"epistemic": ranked["epistemic"]}, correct, m)
         self.map_sum += torch.stack([maps[k][valid].double().sum() for k in self.maps]).cpu()
+        stacked = torch.stack([maps[k][valid].double() for k in self.maps], 1).cpu()  # (P, M)
+        self.class_map_sum.index_add_(0, label[valid].cpu(), stacked)
+        edge = label_boundaries(label)[valid].cpu()
+        self.region_sum[0] += stacked[edge].sum(0)
+        self.region_sum[1] += stacked[~edge].sum(0)
+        self.region_count += torch.stack([edge.sum(), (~edge).sum()]).double()
         p = probs.permute(1, 0, 2, 3)[:, valid].double()  # (C, P)
         self.prob_sum += p.sum(1).cpu()
         self.pred_conf_sum += torch.bincount(
@@ -187,6 +206,12 @@ class SegmentationEval:
                     "mean_prob": float(self.prob_sum[c]) / total if total else float("nan"),
                     "classwise_ece": cal["classwise_ece"][c],
                     "mi_auroc": mi["auroc"],
+                    **{
+                        f"mean_{k}": float(self.class_map_sum[c, i]) / cm["support"][c]
+                        if cm["support"][c]
+                        else float("nan")
+                        for i, k in enumerate(self.maps)
+                    },
                 }
             )
         unc = {}
@@ -207,6 +232,21 @@ class SegmentationEval:
             "brier": cal["brier"],
             "pavpu": self._pavpu(total),
             "uncertainty": unc,
+            "uncertainty_by_class": {
+                r["class"]: {k: r[f"mean_{k}"] for k in self.maps} for r in rows
+            },
+            "uncertainty_by_region": {
+                region: {
+                    "share": float(self.region_count[j]) / total if total else float("nan"),
+                    **{
+                        k: float(self.region_sum[j, i] / self.region_count[j])
+                        if self.region_count[j]
+                        else float("nan")
+                        for i, k in enumerate(self.maps)
+                    },
+                }
+                for j, region in enumerate(("boundary", "interior"))
+            },
             "error_rate": q["error_rate"],
             "precision_curves": {k: v["precision_curve"] for k, v in q["maps"].items()},
             "reliability": cal["reliability"],

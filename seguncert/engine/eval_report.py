@@ -28,6 +28,8 @@ TABLE_COLUMNS = (
     ("mean_prob", "mean p_c", "pct"),
     ("classwise_ece", "class-wise ECE", "pct"),
     ("mi_auroc", "MI AUROC", "f"),
+    ("mean_aleatoric", "mean aleatoric", "f"),
+    ("mean_epistemic", "mean epistemic", "f"),
 )
 
 

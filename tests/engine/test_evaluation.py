@@ -284,3 +284,33 @@ def test_rank_stretch_resolves_both_ends_of_a_map():
     exact = roc_auc_score(wrong.ravel().numpy(), score.ravel().numpy())
     for k, r in q.compute()["maps"].items():
         assert r["auroc"] == pytest.approx(exact, abs=2e-3), k
+
+
+def test_uncertainty_by_class_and_region_are_weighted_means(seg_run):
+    _, _, _, metrics, root = seg_run
+    saved = json.loads((root / "eval" / "metrics.json").read_text())
+    by_class, by_region = saved["uncertainty_by_class"], saved["uncertainty_by_region"]
+    assert list(by_class) == NAMES
+    shares = saved["per_class_iou"]  # same class order; support comes from the csv below
+    assert set(by_region) == {"boundary", "interior"}
+    assert by_region["boundary"]["share"] + by_region["interior"]["share"] == pytest.approx(1.0)
+    for key in ("aleatoric", "epistemic"):
+        # the pixel-weighted mean of the two regions is the overall mean
+        whole = sum(r["share"] * r[key] for r in by_region.values())
+        assert whole == pytest.approx(saved["uncertainty"][key]["mean"], rel=1e-6)
+    rows = (root / "eval" / "calibration_per_class.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    support = [int(r.split(",")[header.index("support")]) for r in rows[1:]]
+    total = sum(support)
+    for key in ("aleatoric", "epistemic"):
+        whole = sum(s * by_class[n][key] for s, n in zip(support, shares) if s)
+        assert whole / total == pytest.approx(saved["uncertainty"][key]["mean"], rel=1e-6)
+
+
+def test_label_boundaries_marks_both_sides():
+    from seguncert.engine.eval_metrics import label_boundaries
+
+    label = torch.zeros(1, 5, 6, dtype=torch.long)
+    label[:, :, 3:] = 2
+    edge = label_boundaries(label)[0]
+    assert edge[:, 2:4].all() and not edge[:, :2].any() and not edge[:, 4:].any()
