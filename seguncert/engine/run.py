@@ -17,8 +17,8 @@ validation cost is measured once known (validation + checkpointing), estimated b
 third of a training step per validation image. After the first epoch the learning-rate
 schedule's horizon is shortened to the iterations predicted to fit the budget, and again
 after every epoch if the estimate shrinks (stored for resume), so a budgeted run still decays
-its learning rate to the end. The cut epoch is then validated and saved, so the run ends within a few percent of the budget (the estimate's error, plus one iteration at
-worst). A resume from an epoch cut short continues with the next epoch (exactness holds for
+its learning rate to the end. The cut epoch is then validated and saved, so the run ends
+within a few percent of the budget (the estimate's error, plus one iteration at worst). A resume from an epoch cut short continues with the next epoch (exactness holds for
 whole epochs: the interrupted run's last state is from the end of an epoch).
 
 DDP (``torchrun``): the model is wrapped in DistributedDataParallel (find_unused_parameters
