@@ -100,7 +100,7 @@ def main(argv=None) -> None:
     results = {}
     for n in names:
         m = json.loads((out / n / "eval" / "metrics.json").read_text())
-        results[n] = {k: m.get(k) for k in KEYS}
+        results[n] = {k: m["depth"].get(k) for k in KEYS}
     rows = [[n] + [f"{v:.4f}" if isinstance(v, float) else "n/a" for v in r.values()]
             for n, r in results.items()]  # fmt: skip
     print_table(["variant", *KEYS], rows)
