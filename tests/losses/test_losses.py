@@ -179,3 +179,35 @@ def test_uncertainty_weighting_values_and_gradients():
     ) == pytest.approx(2.3)
     with pytest.raises(KeyError):
         fixed({"seg": Ls})
+
+
+def _autograd_hetero_nll(f, log_var, eps, target):
+    """The obvious autograd composition the fused HeteroscedasticNLL must match."""
+    x = torch.addcmul(f, torch.exp(0.5 * log_var), eps)
+    idx = target.unsqueeze(0).unsqueeze(2).expand(eps.shape[0], -1, 1, -1, -1)
+    log_p = x.gather(2, idx).squeeze(2) - torch.logsumexp(x, dim=2)
+    return math.log(eps.shape[0]) - torch.logsumexp(log_p, dim=0)
+
+
+@pytest.mark.parametrize("per_class", [False, True])
+def test_fused_hetero_nll_value_and_gradients_match_autograd(per_class):
+    from seguncert.losses.classification import HeteroscedasticNLL
+
+    g = torch.Generator().manual_seed(7)
+    B, C, H, W, T = 2, 4, 3, 5, 6
+    f = (torch.randn(B, C, H, W, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    log_var = torch.randn(B, C if per_class else 1, H, W, generator=g, dtype=torch.float64)
+    log_var.requires_grad_()
+    eps = torch.randn(T, 1, C, H, W, generator=g, dtype=torch.float64)
+    target = torch.randint(0, C, (B, H, W), generator=g)
+    upstream = torch.rand(B, H, W, generator=g, dtype=torch.float64)
+
+    got = HeteroscedasticNLL.apply(f, log_var, eps, target)
+    (got * upstream).sum().backward()
+    grads = f.grad.clone(), log_var.grad.clone()
+    f.grad = log_var.grad = None
+    want = _autograd_hetero_nll(f, log_var, eps, target)
+    (want * upstream).sum().backward()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(grads[0], f.grad)
+    torch.testing.assert_close(grads[1], log_var.grad)
