@@ -172,3 +172,21 @@ def test_prefix_state_not_mutated_by_suffix():
         m.forward_suffix(state)
         m.forward_suffix(state)  # reusable: stages build new dicts instead of popping
     assert len(state["skips"]) == n_skips
+
+
+def test_depth_head_reaches_far_depths_in_few_steps():
+    # Log-space depth: 100 Adam steps at lr 0.01 take the ~1 m start past 20 m towards 40 m; a
+    # softplus output moves about lr x (sum of features) per step and stays under 6 m.
+    from seguncert.models.heads import RegressionHead
+
+    torch.manual_seed(0)
+    head = RegressionHead(8, "l1")
+    feats = torch.rand(2, 8, 4, 4)
+    target = torch.full((2, 1, 4, 4), 40.0)
+    opt = torch.optim.Adam(head.parameters(), lr=0.01)
+    for _ in range(100):
+        loss = (head(feats, (4, 4))["depth_loc"] - target).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(head(feats, (4, 4))["depth_loc"].mean()) > 20.0
