@@ -68,6 +68,7 @@ from seguncert.engine.resume import (
 from seguncert.engine.runlog import CsvLog, format_metrics, open_writer, scalar_items, score_of
 from seguncert.engine.trainer import evaluate, train_one_epoch
 from seguncert.errors import CheckpointError, DataError
+from seguncert.models.heads import init_depth_range
 
 
 def check_data_root(cfg) -> None:
@@ -108,7 +109,10 @@ def run_fit(cfg, out_dir, resume: bool = False, data_root=None) -> dict:
     # streams so dropout masks and loss noise differ between ranks.
     seed_everything(cfg.train.seed)
     train_ds, val_ds, meta = build_datasets(cfg)
-    model = build_model(cfg.model, depth_dist=cfg.loss.depth).to(device)
+    model = build_model(cfg.model, depth_dist=cfg.loss.depth)
+    if meta.task != "segmentation":
+        init_depth_range(model, meta.min_depth, meta.max_depth)
+    model = model.to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = build_criterion(cfg, meta).to(device)
