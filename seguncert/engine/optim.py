@@ -96,16 +96,19 @@ def schedule_horizon(scheduler: LambdaLR) -> Horizon:
 
 
 class Horizon:
-    """The iteration count a schedule decays over. Under ``train.max_minutes`` fit shortens it
-    to the iterations that fit the budget, so a time-limited run still ends at a low learning
-    rate instead of being cut off mid-schedule at a high one."""
+    """The iteration count a schedule decays over. Under ``train.max_minutes`` fit sets it to
+    the iterations that fit the budget (re-estimated after every epoch, never beyond the
+    configured epochs), so a time-limited run still ends at a low learning rate instead of
+    being cut off mid-schedule at a high one."""
 
     def __init__(self, total: int):
-        self.total = int(total)
+        self.full = self.total = int(total)
 
     def fit_budget(self, done_iters: int, seconds_left: float, seconds_per_iter: float) -> int:
-        """Shrink (never grow) ``total`` to ``done_iters`` plus the iterations that fit."""
+        """Set ``total`` to ``done_iters`` plus the iterations that fit, within
+        [done_iters + 1, the configured total]. It may grow again when the machine speeds up,
+        so a conservative early estimate does not leave the end of the run at lr 0."""
         if seconds_per_iter > 0:
             fits = done_iters + int(max(0.0, seconds_left) / seconds_per_iter)
-            self.total = max(done_iters + 1, min(self.total, fits))
+            self.total = max(done_iters + 1, min(self.full, fits))
         return self.total

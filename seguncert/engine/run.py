@@ -15,9 +15,8 @@ epoch after every iteration (stop when one more iteration plus a validation woul
 budget) and after every epoch (stop when one more iteration plus two validations would). The
 validation cost is measured once known (validation + checkpointing), estimated before as a
 third of a training step per validation image. After the first epoch the learning-rate
-schedule's horizon is shortened to the iterations predicted to fit the budget, and again
-after every epoch if the estimate shrinks (stored for resume), so a budgeted run still decays
-its learning rate to the end. The cut epoch is then validated and saved, so the run ends
+schedule's horizon is set to the iterations predicted to fit the budget, re-estimated after
+every epoch (stored for resume), so a budgeted run still decays its learning rate to the end. The cut epoch is then validated and saved, so the run ends
 within a few percent of the budget (the estimate's error, plus one iteration at worst). A resume from an epoch cut short continues with the next epoch (exactness holds for
 whole epochs: the interrupted run's last state is from the end of an epoch).
 
@@ -168,7 +167,7 @@ def run_fit(cfg, out_dir, resume: bool = False, data_root=None) -> dict:
         if budget and not stopped:
             # Decay the schedule within the budget: remaining time less one validation per
             # val_every epochs (estimated as in train_one_epoch until measured). Re-fitted after
-            # every epoch (shrink only), so a machine that slows down still ends the decay.
+            # every epoch, so the decay follows the machine's actual speed.
             per_iter = train_stats["seconds"] / max(1, train_stats["iters"])
             val_s = reserve if reserve is not None else n_val * per_iter / (3 * bs)
             epoch_s = per_iter * len(train_loader)
