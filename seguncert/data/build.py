@@ -69,6 +69,7 @@ def _synthetic(cfg, split: str):
         d.synthetic_train if train else d.synthetic_val,
         size=tuple(d.synthetic_size),
         seed=d.synthetic_seed if train else d.synthetic_seed + 10_000,
+        cache=d.cache,
     )
 
 

@@ -252,6 +252,7 @@ class SyntheticStreetScenes(Dataset):
         severity: int = 0,
         ood: bool = False,
         transform: Callable[[dict], dict] | None = None,
+        cache: bool = True,
     ):
         if int(n) < 0:
             raise ConfigError(f"synthetic data set size must be >= 0, got {n}")
@@ -260,6 +261,9 @@ class SyntheticStreetScenes(Dataset):
         if shift and not severity:
             raise ConfigError(f"synthetic shift {shift!r} needs a severity 1..5")
         self.ood, self.transform = bool(ood), transform
+        # Rendered frames are kept (about 0.2 MB each at 120x160): rendering is ~10x the cost of
+        # augmenting, and every epoch would otherwise render the same frames again.
+        self._cache: dict[int, dict] | None = {} if cache else None
 
     def __len__(self) -> int:
         return self.n
@@ -268,7 +272,12 @@ class SyntheticStreetScenes(Dataset):
         if not -self.n <= i < self.n:
             raise IndexError(f"index {i} out of range for {self.n} synthetic samples")
         i %= self.n
-        p = FrameParams.from_seed(sample_seed(self.seed, i), ood=self.ood, shifts=self.shifts)
-        p.name = f"synthetic_{self.seed}_{i:05d}"
-        sample = render_frame(p, self.size)
-        return self.transform(sample) if self.transform is not None else sample
+        sample = self._cache.get(i) if self._cache is not None else None
+        if sample is None:
+            p = FrameParams.from_seed(sample_seed(self.seed, i), ood=self.ood, shifts=self.shifts)
+            p.name = f"synthetic_{self.seed}_{i:05d}"
+            sample = render_frame(p, self.size)
+            if self._cache is not None:
+                self._cache[i] = sample
+        # Transforms get a shallow copy, so they can never alter the cached arrays' dict.
+        return self.transform(dict(sample)) if self.transform is not None else dict(sample)

@@ -117,7 +117,7 @@ class _FakeSynthetic:
     rendered: list = []
 
     def __init__(self, n, size=(120, 160), seed=0, shift=None, severity=0, ood=False,
-                 transform=None):  # fmt: skip
+                 transform=None, cache=True):  # fmt: skip
         _FakeSynthetic.calls.append((n, size, seed))
         self.n, self.size, self.seed, self.transform = n, size, seed, transform
 

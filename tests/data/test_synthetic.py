@@ -215,3 +215,14 @@ def test_tool_writes_sheet_and_video(tmp_path, monkeypatch, capsys):
     assert n == 4 and not list(tmp_path.glob("*.tmp*"))
     assert _run_tool(monkeypatch, *size, "--video", str(video), "--frames", "0") == 2
     assert "error: --frames must be >= 1" in capsys.readouterr().err
+
+
+def test_cached_frames_are_identical_and_not_shared():
+    cached = SyntheticStreetScenes(2, (48, 64), seed=3)
+    fresh = SyntheticStreetScenes(2, (48, 64), seed=3, cache=False)
+    a = cached[1]
+    a["image"] = None  # a caller replacing entries must not reach the cache
+    for k, v in fresh[1].items():
+        if isinstance(v, np.ndarray):
+            np.testing.assert_array_equal(cached[1][k], v)
+    assert cached[1]["image"] is not None
