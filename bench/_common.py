@@ -30,6 +30,15 @@ from seguncert.errors import ConfigError, DataError  # noqa: E402
 DEFAULT_CAMVID = REPO.parent / "shared" / "datasets" / "camvid"
 
 
+def doc_parser(doc: str) -> argparse.ArgumentParser:
+    """An ArgumentParser whose description is the docstring's first paragraph and whose epilog
+    is the rest (kept as written)."""
+    head, _, rest = doc.partition("\n\n")
+    return argparse.ArgumentParser(
+        description=head, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
 def add_common_args(p: argparse.ArgumentParser, repeats: int = 5) -> None:
     """--quick, --json, --device, --threads, --repeats, --warmup, --seed."""
     g = p.add_argument_group("common benchmark options")

@@ -36,6 +36,7 @@ from _common import (
     camvid_val_batches,
     describe_machine,
     device_label,
+    doc_parser,
     emit_summary,
     parse_hw,
     parse_ints,
@@ -145,10 +146,7 @@ def slope_per_100(ns: list[int], ys: list[float]) -> float:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )  # fmt: skip
+    p = doc_parser(__doc__)
     p.add_argument("--frames", help="comma-separated N (default 10,50,101; quick 5,10,20)")
     p.add_argument("--size", help="HxW (default 360x480; quick 120x160)")
     p.add_argument("--mc-samples", type=int, default=20, help="T (default 20)")

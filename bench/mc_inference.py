@@ -21,7 +21,6 @@ that a tiny suffix budget (one sample per chunk) gives the same maps as an unbou
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from _common import (
     camvid_val_batches,
     describe_machine,
     device_label,
+    doc_parser,
     emit_summary,
     mi_auroc,
     parse_hw,
@@ -186,10 +186,7 @@ def auroc_for(args, preset: str, root: Path, device: torch.device) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )  # fmt: skip
+    p = doc_parser(__doc__)
     p.add_argument("--arch", default="unet", help="unet | segnet_basic | segnet (default unet)")
     p.add_argument("--encoder", default="resnet18", help="U-Net encoder (default resnet18)")
     p.add_argument("--size", help="HxW of the timed frame (default 360x480; quick 64x96)")

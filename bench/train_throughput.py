@@ -16,7 +16,6 @@ On CUDA also ours with AMP fp16 (GradScaler), bf16 and channels_last (and smp un
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import segmentation_models_pytorch as smp
@@ -26,6 +25,7 @@ from _common import (
     add_common_args,
     describe_machine,
     device_label,
+    doc_parser,
     emit_summary,
     parse_hw,
     print_table,
@@ -107,10 +107,7 @@ def smp_runner(args, batches, device, amp_dtype=None):
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )  # fmt: skip
+    p = doc_parser(__doc__)
     p.add_argument("--encoder", default="resnet18", help="encoder of both U-Nets")
     p.add_argument("--dropout", default="decoder", help="our dropout preset (default decoder)")
     p.add_argument("--aleatoric-samples", type=int, default=10, help="T_a of the loss (10)")

@@ -22,7 +22,6 @@ AUROC of each method's epistemic map for its own misclassified pixels, and frame
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import statistics
@@ -41,6 +40,7 @@ from _common import (
     camvid_val_batches,
     describe_machine,
     device_label,
+    doc_parser,
     emit_summary,
     parse_hw,
     parse_ints,
@@ -201,10 +201,7 @@ def quality_mode(args, device) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )  # fmt: skip
+    p = doc_parser(__doc__)
     p.add_argument("--checkpoint", help="run folder or .json (default: a fresh untrained model)")
     p.add_argument("--source", choices=("synthetic", "camvid"), default="synthetic")
     p.add_argument("--data-root", help="CamVid root (default ../shared/datasets/camvid)")
