@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.engine.test_evaluation import SEG_FILES
+
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = REPO / "tools" / "train.py"
 EVALUATE = REPO / "tools" / "evaluate.py"
@@ -66,15 +68,7 @@ def test_evaluate_end_to_end(checkpoint, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     files = {p.name for p in out.iterdir()}
-    assert {
-        "metrics.json",
-        "calibration_per_class.md",
-        "calibration_per_class.csv",
-        "reliability.png",
-        "reliability_per_class.png",
-        "precision_vs_uncertainty.png",
-        "examples.png",
-    } <= files
+    assert SEG_FILES <= files
     m = json.loads((out / "metrics.json").read_text())
     assert m["num_images"] == 2 and m["mc_samples"] == 2 and m["split"] == "val"
     assert len(m["per_class_iou"]) == 11 and m["temperature"]["source"] == "fitted"
