@@ -135,8 +135,8 @@ class SegmentationEval:
             m = valid & (label == c)
             if bool(m.any()):
                 q.update({"epistemic": ranked["epistemic"]}, correct, m)
-        self.map_sum += torch.stack([maps[k][valid].double().sum() for k in self.maps]).cpu()
         stacked = torch.stack([maps[k][valid].double() for k in self.maps], 1).cpu()  # (P, M)
+        self.map_sum += stacked.sum(0)
         self.class_map_sum.index_add_(0, label[valid].cpu(), stacked)
         edge = label_boundaries(label)[valid].cpu()
         self.region_sum[0] += stacked[edge].sum(0)
