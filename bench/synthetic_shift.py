@@ -87,6 +87,8 @@ def run(args) -> dict:
     meta = info["meta"]
     if meta["task"] not in ("segmentation", "joint", "depth"):
         raise ConfigError(f"{args.checkpoint}: unknown task {meta['task']!r}")
+    if info["config"]["data"].get("dataset") != "synthetic":
+        raise ConfigError(f"{args.checkpoint}: not trained on synthetic scenes (data.dataset)")
     sampler = MCSampler(model, samples=args.mc_samples, seed=args.seed)
     transform = build_eval_transform(meta["mean"], meta["std"])
     val_seed = int(info["config"]["data"]["synthetic_seed"]) + 10_000 + 777  # unseen scenes
