@@ -17,10 +17,12 @@ TOOLS = Path(__file__).resolve().parents[1] / "tools"
 def _run(name: str) -> None:
     path = TOOLS / f"{name}.py"
     if not path.is_file():
-        sys.exit(
+        print(
             f"error: {path} not found; the seguncert-{name} command runs the tools of a source "
-            "checkout (install it with `pip install -e .`)"
+            "checkout (install it with `pip install -e .`)",
+            file=sys.stderr,
         )
+        raise SystemExit(2)  # the tools' exit status for user errors
     sys.argv[0] = str(path)
     runpy.run_path(str(path), run_name="__main__")
 

@@ -25,3 +25,14 @@ def test_setup_cfg_declares_them():
     scripts = cfg["options.entry_points"]["console_scripts"]
     for name in ("train", "evaluate", "infer", "demo"):
         assert f"seguncert-{name} = seguncert.cli:{name}" in scripts
+
+
+def test_missing_tool_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    from seguncert import cli
+
+    monkeypatch.setattr(cli, "TOOLS", tmp_path)
+    with pytest.raises(SystemExit) as e:
+        cli.train()
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "train.py not found" in err[0]
