@@ -71,17 +71,9 @@ def setup(args) -> torch.device:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"--device is {name!r}; expected auto, cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda but CUDA is not available (use --device cpu)")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device is {name!r}; expected auto, cpu or cuda[:N]")
-    return device
+    from seguncert.runtime.device import resolve_device as resolve
+
+    return resolve(name, what="--device")
 
 
 def sync(device: torch.device) -> None:

@@ -90,7 +90,7 @@ def state_mb(metrics: list) -> float:
 
 def worker(args, device) -> dict:
     """One configuration in this (fresh) process; returns its memory figures."""
-    from seguncert.engine.checkpoint import load_checkpoint
+    from seguncert.io.checkpoint import load_checkpoint
     from seguncert.metrics.calibration import CalibrationMetrics
     from seguncert.metrics.quality import UncertaintyQuality
     from seguncert.metrics.segmentation import ConfusionMatrix

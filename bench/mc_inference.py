@@ -46,6 +46,7 @@ from seguncert.config import Config, ModelConfig
 from seguncert.errors import CheckpointError, ConfigError, run_cli
 from seguncert.models.base import mc_dropout_mode
 from seguncert.models.build import build_model, model_from_spec
+from seguncert.uncertainty.checkpoint_calibration import checkpoint_calibrator
 from seguncert.uncertainty.maps import (
     expected_entropy,
     predicted_class_variance,
@@ -128,7 +129,7 @@ def budget_check(model, x: torch.Tensor, samples: int, seed: int) -> dict:
 
 def preset_checkpoint(args, preset: str, root: Path, device: torch.device):
     """(model, info, source): the preset's checkpoint from --checkpoint, or one trained here."""
-    from seguncert.engine.checkpoint import load_checkpoint
+    from seguncert.io.checkpoint import load_checkpoint
 
     if args.checkpoint:
         base = Path(args.checkpoint)
@@ -146,8 +147,8 @@ def preset_checkpoint(args, preset: str, root: Path, device: torch.device):
         model = model_from_spec(info["model_spec"], dropout=preset)
         model.load_state_dict(trained.state_dict())
         return model.to(device).eval(), info, f"{base} (placement set to {preset})"
-    from seguncert.engine.checkpoint import load_checkpoint as load
-    from seguncert.engine.run import run_fit
+    from seguncert.io.checkpoint import load_checkpoint as load
+    from seguncert.train.fit import fit
 
     cfg = Config()
     cfg.data.dataset, cfg.data.root, cfg.data.size = "camvid", str(root), [180, 240]
@@ -160,7 +161,7 @@ def preset_checkpoint(args, preset: str, root: Path, device: torch.device):
     keep = Path(args.save_checkpoints) / preset if args.save_checkpoints else None
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = keep or Path(tmp)
-        run_fit(cfg, out_dir)
+        fit(cfg, out_dir, overwrite=True)
         model, info = load(out_dir, map_location=device)
     return (
         model,
@@ -175,10 +176,13 @@ def auroc_for(args, preset: str, root: Path, device: torch.device) -> dict:
     size = parse_hw(args.auroc_size, "--auroc-size") if args.auroc_size else None
     if size is None and (info.get("config") or {}).get("data", {}).get("size"):
         size = tuple(info["config"]["data"]["size"])
-    temp = info.get("temperature")
-    temp = torch.tensor(temp) if isinstance(temp, list) else (temp or 1.0)
-    sampler = MCSampler(model, samples=args.auroc_samples, seed=args.seed, temperature=temp,
-                        memory_budget_mb=args.memory_budget_mb)  # fmt: skip
+    sampler = MCSampler(
+        model,
+        samples=args.auroc_samples,
+        seed=args.seed,
+        calibrator=checkpoint_calibrator(info),
+        memory_budget_mb=args.memory_budget_mb,
+    )
     frames = camvid_val_batches(root, args.auroc_frames, size, meta["mean"], meta["std"])
     res = mi_auroc(sampler, frames, device, len(meta["class_names"]))
     return {"auroc_mi": res["epistemic"], "error_rate": res["error_rate"],

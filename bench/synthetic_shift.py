@@ -28,8 +28,8 @@ from _common import REPO, add_common_args, describe_machine, emit_summary, print
 
 from seguncert.data.synthetic import FrameParams, render_frame, sample_seed
 from seguncert.data.transforms import build_eval_transform
-from seguncert.engine.checkpoint import load_checkpoint
 from seguncert.errors import ConfigError, run_cli
+from seguncert.io.checkpoint import load_checkpoint
 from seguncert.uncertainty.sampler import MCSampler
 
 CONDITIONS = {

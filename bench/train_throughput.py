@@ -3,7 +3,7 @@
   ours   seguncert's U-Net (heteroscedastic head, dropout preset --dropout) + Criterion
          (heteroscedastic cross-entropy with T_a = --aleatoric-samples noisy-logit draws, class
          weights) + AdamW with the decay groups, poly schedule and gradient clipping, stepped by
-         seguncert.engine.trainer.train_one_epoch itself;
+         seguncert.train.loop.train_one_epoch itself;
   smp    smp.Unet (same encoder) + F.cross_entropy(weight, ignore 255) + AdamW, the loop of
          bench/baseline_smp_train.py.
 Same batch size and resolution, synthetic random batches already in device memory (no IO, no
@@ -36,12 +36,12 @@ from _common import (
 
 from seguncert.config import ModelConfig, OptimConfig
 from seguncert.data.common import IGNORE_INDEX, SEGNET_CLASS_WEIGHTS
-from seguncert.engine.amp import autocast, make_scaler
-from seguncert.engine.optim import build_optimizer, build_scheduler
-from seguncert.engine.trainer import train_one_epoch
 from seguncert.errors import ConfigError, run_cli
 from seguncert.losses.criterion import Criterion
 from seguncert.models.build import build_model
+from seguncert.runtime.amp import autocast, make_scaler
+from seguncert.train.loop import StepContext, train_one_epoch
+from seguncert.train.optim import build_optimizer, build_scheduler
 
 NUM_CLASSES = 11
 
@@ -75,9 +75,21 @@ def ours_runner(args, batches, device, amp_dtype, channels_last: bool, het: bool
     scaler = make_scaler(device, amp_dtype)
     epoch = [0]
 
+    step = StepContext(
+        train_model=model,
+        criterion=criterion,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        device=device,
+        amp_dtype=amp_dtype,
+        grad_clip=optim_cfg.grad_clip,
+        channels_last=channels_last,
+        progress=False,
+    )
+
     def run():
-        train_one_epoch(model, criterion, optimizer, scheduler, batches, device, scaler, amp_dtype,
-                        epoch[0], optim_cfg.grad_clip, channels_last, progress=False)  # fmt: skip
+        train_one_epoch(step, batches, epoch[0])
         epoch[0] += 1
 
     return run

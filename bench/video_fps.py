@@ -74,7 +74,7 @@ def fresh_checkpoint(folder: Path, seed: int) -> Path:
     """An untrained default model (U-Net resnet18, decoder dropout) saved as a run folder."""
     from seguncert.config import Config
     from seguncert.data.common import DatasetMeta
-    from seguncert.engine.checkpoint import save_checkpoint
+    from seguncert.io.checkpoint import save_checkpoint
     from seguncert.models.build import build_model
 
     torch.manual_seed(seed)
@@ -138,11 +138,11 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def quality_mode(args, device) -> dict:
-    from seguncert.engine.checkpoint import load_checkpoint
+    from seguncert.inference.frames import FramePredictor, TemporalPredictor
+    from seguncert.io.checkpoint import load_checkpoint
     from seguncert.metrics.quality import UncertaintyQuality
     from seguncert.uncertainty.sampler import MCSampler
     from seguncert.uncertainty.temporal import TemporalMC
-    from seguncert.viz.panels import predict_frames
 
     if not args.checkpoint:
         raise ConfigError("--temporal-quality needs --checkpoint (a model trained on CamVid)")
@@ -159,6 +159,12 @@ def quality_mode(args, device) -> dict:
     for k in ks:
         steps[f"temporal_K{k}"] = TemporalMC(model, k, flow=args.flow, **opts)
         steps[f"mc_K{k}"] = MCSampler(model, samples=k, **opts)
+    predictors = {
+        name: (TemporalPredictor if isinstance(step, TemporalMC) else FramePredictor)(
+            step, meta, device
+        )
+        for name, step in steps.items()
+    }
     log_c = math.log(len(meta["class_names"]))
     quality = {m: UncertaintyQuality(["epistemic"], ranges={"epistemic": (0.0, log_c)})
                for m in steps}  # fmt: skip
@@ -170,9 +176,9 @@ def quality_mode(args, device) -> dict:
     for _, label, rgb in camvid_val_batches(root, n, size, meta["mean"], meta["std"]):
         lab = label[0].numpy()
         maps = {}
-        for name, step in steps.items():
+        for name, predict in predictors.items():
             t0 = time.perf_counter()
-            maps[name] = predict_frames(step, [rgb], meta, device)[0]
+            maps[name] = predict([rgb])[0]
             seconds[name] += time.perf_counter() - t0
             m = maps[name]
             correct = torch.from_numpy(m["pred"].astype(np.int64) == lab)[None]

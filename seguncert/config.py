@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, one_line
 
 
 @dataclass
@@ -90,7 +90,8 @@ class TrainConfig:
     val_every: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_minutes: float | None = None  # wall-clock budget; stops after the epoch that exceeds it
-    log_every: int = 10
+    log_every: int = 10  # TensorBoard scalars every N iterations
+    log_seconds: float = 30.0  # progress line interval when the output is not a terminal
     deterministic: bool = False
     threads: int | None = None  # torch CPU threads; None: torch's default
 
@@ -129,6 +130,27 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("adamw", "sgd"),
     "optim.schedule": ("poly", "cosine", "constant"),
     "train.amp": ("auto", "off", "fp16", "bf16"),
+}
+
+
+# Numeric bounds, checked after loading: (minimum, whether the minimum itself is allowed).
+BOUNDS: dict[str, tuple[float, bool]] = {
+    "data.num_workers": (0, True),
+    "model.num_classes": (1, True),
+    "loss.aleatoric_samples": (1, True),
+    "optim.lr": (0, False),
+    "optim.weight_decay": (0, True),
+    "optim.warmup_iters": (0, True),
+    "train.epochs": (1, True),
+    "train.batch_size": (1, True),
+    "train.val_every": (1, True),
+    "train.log_every": (1, True),
+    "train.log_seconds": (0, True),
+    "train.max_minutes": (0, False),
+    "train.threads": (1, True),
+    "mc.samples": (1, True),
+    "mc.memory_budget_mb": (0, False),
+    "mc.temporal": (0, True),
 }
 
 
@@ -190,6 +212,12 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(
                 f"config key '{dotted}' is {value!r}; expected one of {', '.join(options)}"
             )
+    for dotted, (low, inclusive) in BOUNDS.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value is not None and (value < low or (value == low and not inclusive)):
+            bound = f">= {low}" if inclusive else f"> {low}"
+            raise ConfigError(f"config key '{dotted}' must be {bound}, got {value!r}")
 
 
 def config_from_dict(raw: dict | None, overrides: list[str] | None = None) -> Config:
@@ -230,13 +258,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         try:
             raw = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {one_line_yaml(e)}") from None
+            raise ConfigError(f"config file {p} is not valid YAML: {one_line(e)}") from None
     return config_from_dict(raw, overrides)
 
 
-def one_line_yaml(e: Exception) -> str:
-    return " ".join(str(e).split())
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def config_yaml(cfg: Config) -> str:
+    """The resolved config as YAML text (what a run folder's config.yaml holds)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 from torch.utils.data import Subset
 
 from ..errors import ConfigError, DataError
+from ..tasks import get_task
 from .camvid import CamVidDataset, median_frequency_weights
 from .common import CAMVID_CLASSES, IMAGENET_MEAN, IMAGENET_STD, DatasetMeta
 from .depth import DepthDataset
@@ -84,6 +85,47 @@ def _limit(ds, n: int | None, key: str):
     return Subset(ds, range(min(n, len(ds))))
 
 
+def _check_task(cfg) -> None:
+    d, task = cfg.data, cfg.model.task
+    if d.dataset not in BUILDERS:
+        raise ConfigError(f"unknown data.dataset {d.dataset!r}; expected one of {list(BUILDERS)}")
+    if task not in DATASET_TASKS[d.dataset]:
+        raise ConfigError(
+            f"model.task={task} needs targets that data.dataset={d.dataset} does not have "
+            f"(it serves {', '.join(DATASET_TASKS[d.dataset])})"
+        )
+
+
+def dataset_meta(cfg) -> DatasetMeta:
+    """Normalisation and depth range of ``cfg``'s data (class weights are filled by training)."""
+    min_depth, max_depth = float(cfg.data.min_depth), float(cfg.data.max_depth)
+    if cfg.data.dataset == "synthetic":
+        # Rendered depth has a fixed range of its own (0.5 m to 80 m), whatever the config says.
+        from .synthetic import MAX_DEPTH, MIN_DEPTH
+
+        min_depth, max_depth = float(MIN_DEPTH), float(MAX_DEPTH)
+    return DatasetMeta(
+        task=cfg.model.task,
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
+        min_depth=min_depth,
+        max_depth=max_depth,
+    )
+
+
+def build_split(cfg, split: str, mean, std, limit: int | None = None, wrap=None):
+    """One split with the evaluation transform (no augmentation), for evaluation: nothing of
+    the other splits is read. ``wrap(raw) -> dataset`` (optional) turns the raw split into
+    another raw dataset first (pasted objects, corruptions); DataError when the split is empty."""
+    _check_task(cfg)
+    raw = BUILDERS[cfg.data.dataset](cfg, split)
+    if len(raw) == 0:
+        raise DataError(f"split {split!r} of {cfg.data.root or 'synthetic data'} is empty")
+    ds = wrap(raw) if wrap is not None else raw
+    ds.transform = build_eval_transform(mean, std, pad_to=32)
+    return _limit(ds, limit, "--limit")
+
+
 def build_datasets(cfg):
     """Train and val datasets with their transforms, and the DatasetMeta for the checkpoint.
 
@@ -91,14 +133,8 @@ def build_datasets(cfg):
     ``data.limit_train``) are filled when ``loss.class_weights`` asks and the task has labels.
     """
     d, task = cfg.data, cfg.model.task
-    builder = BUILDERS.get(d.dataset)
-    if builder is None:
-        raise ConfigError(f"unknown data.dataset {d.dataset!r}; expected one of {list(BUILDERS)}")
-    if task not in DATASET_TASKS[d.dataset]:
-        raise ConfigError(
-            f"model.task={task} needs targets that data.dataset={d.dataset} does not have "
-            f"(it serves {', '.join(DATASET_TASKS[d.dataset])})"
-        )
+    _check_task(cfg)
+    builder = BUILDERS[d.dataset]
     train_raw = builder(cfg, d.train_split)
     val_raw = builder(cfg, d.val_split)
     if len(train_raw) == 0 or len(val_raw) == 0:
@@ -106,20 +142,8 @@ def build_datasets(cfg):
     train_ds = _limit(train_raw, d.limit_train, "data.limit_train")
     val_ds = _limit(val_raw, d.limit_val, "data.limit_val")
 
-    min_depth, max_depth = float(d.min_depth), float(d.max_depth)
-    if d.dataset == "synthetic":
-        # Rendered depth has a fixed range of its own (0.5 m to 80 m), whatever the config says.
-        from .synthetic import MAX_DEPTH, MIN_DEPTH
-
-        min_depth, max_depth = float(MIN_DEPTH), float(MAX_DEPTH)
-    meta = DatasetMeta(
-        task=task,
-        mean=list(IMAGENET_MEAN),
-        std=list(IMAGENET_STD),
-        min_depth=min_depth,
-        max_depth=max_depth,
-    )
-    if cfg.loss.class_weights == "median_frequency" and task in ("segmentation", "joint"):
+    meta = dataset_meta(cfg)
+    if cfg.loss.class_weights == "median_frequency" and get_task(task).segmentation:
         # Before the transform is attached, so the weights come from the raw labels.
         source = train_ds
         if d.dataset == "synthetic" and len(train_ds) > SYNTHETIC_WEIGHT_FRAMES:

@@ -205,7 +205,8 @@ class DepthDataset:
         return image, depth
 
     def raw(self, index: int) -> dict:
-        """Untransformed sample: image uint8 (H, W, 3), depth float32 metres, valid bool, name."""
+        """Untransformed sample: image uint8 (H, W, 3), depth float32 metres, ``depth_valid`` bool
+        (measured and within [min_depth, max_depth]; ``valid`` is the same mask), name."""
         image, stored = self._load(index)
         depth = decode_depth(stored, self.encoding)
         measured = depth > 0  # decode_depth already zeroed non-finite values
@@ -215,6 +216,7 @@ class DepthDataset:
             "image": image.copy(),
             "depth": depth.astype(np.float32),
             "valid": valid,
+            "depth_valid": valid,
             "name": self.frames[index][0],
         }
 

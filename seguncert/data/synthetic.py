@@ -10,12 +10,14 @@ and depth of a pixel always belong to the surface whose colour it shows.
 
 Raw sample (docs/architecture.md): ``image`` uint8 (H, W, 3), ``label`` int64 (H, W) in 0..10
 or 255 (only on the out-of-distribution object), ``depth`` float32 (H, W) metres, ``valid``
-bool (H, W) = label != 255, ``ood`` bool (H, W), ``name`` str.
+bool (H, W) = label != 255, ``depth_valid`` bool (H, W) = depth within [MIN_DEPTH, MAX_DEPTH]
+(every rendered pixel), ``ood`` bool (H, W), ``name`` str.
 
 Depth conventions: depth is the z-distance along the optical axis (as in NYU/KITTI). The sky
 and anything farther than MAX_DEPTH = 80 m is *clamped* to 80 m and stays valid, so a depth
 model learns "far" there; nearest possible depth is MIN_DEPTH = 0.5 m. Depth is correct on the
-OOD object too (``valid`` is False there only because its label is void).
+OOD object too (``valid`` is False there only because its label is void; ``depth_valid`` is
+True).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def _render(lay: Layout, p: FrameParams, size: tuple[int, int], noise_key: tuple
     depth = np.minimum(cv.depth, MAX_DEPTH).astype(np.float32)
     return {
         "image": img, "label": label, "depth": depth, "valid": ~ood, "ood": ood,
-        "name": p.name or f"synthetic_{p.seed}",
+        "depth_valid": depth >= MIN_DEPTH, "name": p.name or f"synthetic_{p.seed}",
     }  # fmt: skip
 
 

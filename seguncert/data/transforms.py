@@ -16,7 +16,13 @@ from .camvid import resize_nearest
 from .common import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 # Fill value of each target where a crop or eval padding leaves the image.
-PAD_VALUES = {"label": IGNORE_INDEX, "depth": 0.0, "valid": False, "ood": False}
+PAD_VALUES = {
+    "label": IGNORE_INDEX,
+    "depth": 0.0,
+    "valid": False,
+    "depth_valid": False,
+    "ood": False,
+}
 TARGETS = tuple(PAD_VALUES)
 
 
@@ -41,7 +47,13 @@ def denormalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.nda
 
 def _to_tensors(sample: dict, mean, std) -> dict:
     out = {"image": normalize_image(sample["image"], mean, std)}
-    dtypes = {"label": torch.int64, "depth": torch.float32, "valid": torch.bool, "ood": torch.bool}
+    dtypes = {
+        "label": torch.int64,
+        "depth": torch.float32,
+        "valid": torch.bool,
+        "depth_valid": torch.bool,
+        "ood": torch.bool,
+    }
     for key, dtype in dtypes.items():
         if key in sample:
             out[key] = torch.from_numpy(np.ascontiguousarray(sample[key])).to(dtype)
@@ -102,6 +114,13 @@ class TrainTransform:
         self._rng = np.random.default_rng(seed)
         self._worker = None
 
+    def set_random_seed(self, seed: int) -> None:
+        """Reseed both random streams (scale/crop and the albumentations steps). The training
+        loader calls this every epoch, so an epoch's augmentations depend only on its seed and
+        a resumed run repeats them exactly."""
+        self._rng = np.random.default_rng(seed)
+        self.augment.set_random_seed(seed)
+
     def _reseed_for_worker(self) -> None:
         # DataLoader workers are forked copies holding the same RNG state: without reseeding
         # every worker would draw the same augmentations. torch gives each worker (and each
@@ -109,9 +128,7 @@ class TrainTransform:
         info = torch.utils.data.get_worker_info()
         worker = None if info is None else (info.id, info.seed)
         if worker != self._worker and info is not None:
-            seed = info.seed % 2**32
-            self._rng = np.random.default_rng(seed)
-            self.augment.set_random_seed(seed)
+            self.set_random_seed(info.seed % 2**32)
         self._worker = worker
 
     def _scale(self, sample: dict) -> dict:
@@ -185,6 +202,14 @@ class EvalTransform:
                 out[key] = padded
         out["orig_size"] = torch.tensor([h, w], dtype=torch.int64)
         return out
+
+
+def image_sizes(batch: dict) -> list[tuple[int, int]]:
+    """(h, w) of every image of a collated batch before evaluation padding (``orig_size``)."""
+    sizes = batch.get("orig_size")
+    if sizes is None:
+        return [tuple(batch["image"].shape[-2:])] * batch["image"].shape[0]
+    return [(int(h), int(w)) for h, w in sizes.tolist()]
 
 
 def build_train_transform(

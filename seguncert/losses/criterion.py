@@ -8,6 +8,7 @@ from torch import nn
 from ..config import Config
 from ..data.common import DatasetMeta
 from ..errors import ConfigError
+from ..tasks import get_task
 from .classification import cross_entropy, heteroscedastic_cross_entropy
 from .multitask import UncertaintyWeighting
 from .regression import gaussian_nll, l1_loss, laplace_nll
@@ -19,8 +20,9 @@ class Criterion(nn.Module):
     Segmentation: heteroscedastic CE (Kendall & Gal eq. 12, ``aleatoric_samples`` draws) when the
     outputs hold ``logit_log_var``, else CE; optional class weights; label 255 ignored.
     Depth: Laplace / Gaussian NLL or L1 on ``batch["depth"]`` over the depth-valid pixels.
-    Joint: both, combined by :class:`UncertaintyWeighting` (its s_k are this module's
-    parameters, so the optimiser must include ``criterion.parameters()``).
+    Joint: both, combined by :class:`UncertaintyWeighting`: the CE with a learned s_seg, the
+    depth NLL as the likelihood it is (an L1 depth loss gets a learned s_depth); the s_k are this
+    module's parameters, so the optimiser must include ``criterion.parameters()``.
     ``parts`` holds plain floats for logging: ``seg``, ``depth``, ``loss`` and, when learned,
     ``log_var_seg`` / ``log_var_depth``.
     """
@@ -35,16 +37,17 @@ class Criterion(nn.Module):
         ignore_index: int = 255,
     ):
         super().__init__()
-        self.task = task
+        self.task = get_task(task)
         self.aleatoric_samples = aleatoric_samples
         self.depth = depth
         self.ignore_index = ignore_index
         # Non-persistent: recomputed from the config/meta, not a trained quantity.
         self.register_buffer("class_weights", class_weights, persistent=False)
+        # A depth NLL is a likelihood with its own learned scale; plain L1 gets a learned σ_k.
+        kinds = {"seg": "classification", "depth": "regression" if depth == "l1" else "likelihood"}
+        parts = self.task.loss_parts
         self.weighting = (
-            UncertaintyWeighting({"seg": "classification", "depth": "regression"}, multitask)
-            if task == "joint"
-            else None
+            UncertaintyWeighting({k: kinds[k] for k in parts}, multitask) if len(parts) > 1 else None
         )
 
     def segmentation_loss(self, outputs: dict, batch: dict) -> torch.Tensor:
@@ -64,11 +67,7 @@ class Criterion(nn.Module):
     def depth_loss(self, outputs: dict, batch: dict) -> torch.Tensor:
         loc, target = outputs["depth_loc"], batch["depth"]
         _check_size(loc, target, "depth")
-        if self.task == "joint":
-            # Joint batches: "valid" means label-valid; depth validity is its own mask.
-            valid = (target > 0) & torch.isfinite(target)
-        else:
-            valid = batch["valid"]
+        valid = batch["depth_valid"]  # the datasets' one definition (seguncert.data)
         if self.depth == "l1":
             return l1_loss(loc, target, valid)
         if "depth_log_scale" not in outputs:
@@ -81,9 +80,9 @@ class Criterion(nn.Module):
 
     def forward(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         losses = {}
-        if self.task in ("segmentation", "joint"):
+        if self.task.segmentation:
             losses["seg"] = self.segmentation_loss(outputs, batch)
-        if self.task in ("depth", "joint"):
+        if self.task.depth:
             losses["depth"] = self.depth_loss(outputs, batch)
         if self.weighting is not None:
             loss = self.weighting(losses)
@@ -108,7 +107,7 @@ def build_criterion(cfg: Config, meta: DatasetMeta) -> Criterion:
     """Criterion for ``cfg.model.task`` with ``cfg.loss`` settings and the dataset's weights."""
     task = cfg.model.task
     weights = None
-    if task in ("segmentation", "joint") and cfg.loss.class_weights == "median_frequency":
+    if get_task(task).segmentation and cfg.loss.class_weights == "median_frequency":
         if meta.class_weights is None:
             raise ConfigError(
                 "loss.class_weights=median_frequency but the dataset metadata has no class "

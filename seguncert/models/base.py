@@ -40,9 +40,33 @@ def has_active_dropout(module: nn.Module) -> bool:
     return any(isinstance(m, MCDropout) and m.p > 0 for m in module.modules())
 
 
+def model_spec(arch: str, **fields) -> dict:
+    """The JSON-able dict that :func:`seguncert.models.build.model_from_spec` rebuilds a model
+    from: every field of ``ModelConfig`` that shapes the network, plus ``depth_dist``; fields an
+    architecture does not use keep their defaults. Pretrained weights are never part of it
+    (they come from the checkpoint: rebuilding must not download anything)."""
+    from ..config import ModelConfig
+
+    d = ModelConfig()
+    spec = {
+        "arch": arch,
+        "task": fields.get("task", d.task),
+        "encoder": fields.get("encoder", d.encoder),
+        "encoder_weights": None,
+        "num_classes": int(fields.get("num_classes", d.num_classes)),
+        "dropout": fields.get("dropout", d.dropout),
+        "dropout_p": float(fields.get("dropout_p", d.dropout_p)),
+        "heteroscedastic": bool(fields.get("heteroscedastic", d.heteroscedastic)),
+        "decoder_channels": [int(c) for c in fields.get("decoder_channels", d.decoder_channels)],
+        "width": int(fields.get("width", d.width)),
+        "depth_dist": fields.get("depth_dist", "laplace"),
+    }
+    return spec
+
+
 class StagedModel(nn.Module):
-    """Base class: subclasses fill ``self.stages`` and set ``self.spec`` (a plain dict that
-    rebuilds the model through :func:`seguncert.models.build.model_from_spec`)."""
+    """Base class: subclasses fill ``self.stages`` and set ``self.spec`` (:func:`model_spec`),
+    so any instance, however it was built, can be saved and rebuilt."""
 
     stages: nn.ModuleList
     spec: dict

@@ -6,6 +6,7 @@ import dataclasses
 
 from ..config import CHOICES, ModelConfig
 from ..errors import CheckpointError, ConfigError
+from ..tasks import get_task
 from .base import StagedModel
 from .segnet import SegNetBasic, SegNetVGG
 from .unet import BayesianUNet
@@ -31,7 +32,7 @@ SPEC_KEYS = (
 
 def build_model(model_cfg: ModelConfig, depth_dist: str = "laplace") -> StagedModel:
     """The staged network described by ``model_cfg`` (``depth_dist`` = cfg.loss.depth decides
-    the depth head's scale output). Sets ``model.spec`` for :func:`model_from_spec`."""
+    the depth head's scale output); its ``spec`` rebuilds it (:func:`model_from_spec`)."""
     m = model_cfg
     if m.arch not in ARCHS:
         raise ConfigError(
@@ -45,7 +46,7 @@ def build_model(model_cfg: ModelConfig, depth_dist: str = "laplace") -> StagedMo
         raise ConfigError(
             f"config key 'loss.depth' is {depth_dist!r}; expected one of {', '.join(DEPTH_DISTS)}"
         )
-    if m.task != "depth" and m.num_classes < 2:
+    if get_task(m.task).segmentation and m.num_classes < 2:
         raise ConfigError(f"config key 'model.num_classes' must be >= 2, got {m.num_classes!r}")
     common = dict(
         task=m.task,
@@ -71,20 +72,6 @@ def build_model(model_cfg: ModelConfig, depth_dist: str = "laplace") -> StagedMo
         model = SegNetBasic(width=m.width, **common)
     else:
         model = SegNetVGG(encoder_weights=m.encoder_weights, **common)
-    model.spec = {
-        "arch": m.arch,
-        "task": m.task,
-        "encoder": m.encoder,
-        # Weights come from the checkpoint: rebuilding must never download anything.
-        "encoder_weights": None,
-        "num_classes": int(m.num_classes),
-        "dropout": m.dropout,
-        "dropout_p": float(m.dropout_p),
-        "heteroscedastic": bool(m.heteroscedastic),
-        "decoder_channels": [int(c) for c in m.decoder_channels],
-        "width": int(m.width),
-        "depth_dist": depth_dist,
-    }
     return model
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..tasks import get_task
 from .base import State
 
 LOG_VAR_LIMIT = 10.0  # |log variance| bound: exp(+-10) covers any sane logit/depth noise scale
@@ -94,12 +95,11 @@ class HeadStage(nn.Module):
     ):
         super().__init__()
         self.drop = dropout
+        t = get_task(task)
         self.seg = (
-            SegmentationHead(in_channels, num_classes, heteroscedastic)
-            if task in ("segmentation", "joint")
-            else None
+            SegmentationHead(in_channels, num_classes, heteroscedastic) if t.segmentation else None
         )
-        self.depth = RegressionHead(in_channels, depth_dist) if task in ("depth", "joint") else None
+        self.depth = RegressionHead(in_channels, depth_dist) if t.depth else None
 
     def forward(self, state: State) -> State:
         feats = self.drop(state["x"])

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, SeguncertError
-from .base import StagedModel, State
+from .base import StagedModel, State, model_spec
 from .dropout import get_preset, make_dropout
 from .heads import HeadStage
 
@@ -133,6 +133,16 @@ class SegNetBasic(_SegNetBase):
         self._assemble(
             enc, dec, width, preset, dropout_p, task, num_classes, heteroscedastic, depth_dist
         )
+        self.spec = model_spec(
+            "segnet_basic",
+            task=task,
+            num_classes=num_classes,
+            dropout=dropout,
+            dropout_p=dropout_p,
+            heteroscedastic=heteroscedastic,
+            width=width,
+            depth_dist=depth_dist,
+        )
 
 
 class SegNetVGG(_SegNetBase):
@@ -180,6 +190,15 @@ class SegNetVGG(_SegNetBase):
             dec.append(nn.Sequential(*layers))
         self._assemble(
             enc, dec, 64, preset, dropout_p, task, num_classes, heteroscedastic, depth_dist
+        )
+        self.spec = model_spec(
+            "segnet",
+            task=task,
+            num_classes=num_classes,
+            dropout=dropout,
+            dropout_p=dropout_p,
+            heteroscedastic=heteroscedastic,
+            depth_dist=depth_dist,
         )
         if encoder_weights == "imagenet":
             self.load_vgg16_bn_imagenet()

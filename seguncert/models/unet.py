@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, SeguncertError
-from .base import StagedModel, State
+from .base import StagedModel, State, model_spec
 from .dropout import get_preset, make_dropout
 from .heads import HeadStage
 
@@ -149,4 +149,15 @@ class BayesianUNet(StagedModel):
                 *blocks,
                 head,
             ]
+        )
+        self.spec = model_spec(
+            "unet",
+            task=task,
+            encoder=encoder,
+            num_classes=num_classes,
+            dropout=dropout,
+            dropout_p=dropout_p,
+            heteroscedastic=heteroscedastic,
+            decoder_channels=decoder_channels,
+            depth_dist=depth_dist,
         )

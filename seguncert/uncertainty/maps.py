@@ -4,10 +4,15 @@ Shapes: T samples, B batch, C classes, H x W pixels. Entropies are in nats. The 
 take all T samples at once (for tests and small inputs); the accumulators give the same maps from
 chunks of samples, holding only fixed-size per-pixel sums, so the sampler never holds T x C x H x W.
 
-Decomposition (see ``method.md``): total = predictive entropy H[p̄]; aleatoric = expected
-entropy E_t H[p_t]; epistemic = mutual information = total - aleatoric (>= 0 by Jensen; clamped at
-0 against rounding). Regression: aleatoric = mean predicted variance, epistemic = variance of the
-predicted means, total = their sum.
+Decomposition (see ``method.md``), one for every segmentation model: with p_t the probabilities
+of dropout sample t (for a heteroscedastic head sampled with logit noise, the noise-integrated
+p_t = mean_s softmax(cal(f_t + σ_t ε_s)); otherwise softmax(cal(f_t))) and p̄ = mean_t p_t:
+total = predictive entropy H[p̄]; aleatoric = expected entropy mean_t H[p_t] (so it includes the
+learned noise's effect on the softmax, not raw σ); epistemic = mutual information with the
+weights = total - aleatoric (>= 0 by Jensen; clamped at 0 against rounding). noise_aleatoric =
+mean_t (H[p_t] - H[softmax(cal(f_t))]), clamped at 0: the part of the aleatoric entropy that the
+learned logit noise adds. Regression: aleatoric = mean predicted variance, epistemic = variance of
+the predicted means, total = their sum.
 
 Accumulator counts may be a number or a per-pixel weight tensor (B, 1, H, W): the temporal sampler
 decays, gates and warps history sums per pixel, and every sum is linear in the samples, so scaling
@@ -140,7 +145,8 @@ class SegmentationAccumulator(_SumAccumulator):
     """Streaming fused segmentation maps from chunks of per-sample probabilities.
 
     Holds sum p, sum p² (B, C, H, W), sum of per-sample entropy (B, 1, H, W) and, for
-    heteroscedastic heads, sum of the learned logit variance σ² (B, 1 or C, H, W). Float32 sums are
+    heteroscedastic heads, sum of the learned logit variance σ² (B, 1 or C, H, W) and (when the
+    samples are noise-integrated) sum of the entropy the noise adds (B, 1, H, W). Float32 sums are
     enough here: probabilities lie in [0, 1], so for T <= ~100 the rounding of E[p²] - E[p]² is
     below T * 6e-8 (absolute), far under any variance worth showing; the result is clamped at 0.
     """
@@ -150,12 +156,16 @@ class SegmentationAccumulator(_SumAccumulator):
         probs: Tensor | Sequence[Tensor],
         logit_log_var: Tensor | Sequence[Tensor] | None = None,
         log_probs: Tensor | Sequence[Tensor] | None = None,
+        noise_free_log_probs: Tensor | Sequence[Tensor] | None = None,
     ) -> None:
         """Add k samples: probs (k, B, C, H, W) or a list of k (B, C, H, W); logit_log_var
         (k, B, 1 or C, H, W) optional; log_probs (same as probs) optional, used for a more
-        accurate per-sample entropy when given (log_softmax output)."""
+        accurate per-sample entropy when given (log_softmax output). noise_free_log_probs (same
+        shape): for noise-integrated probs, the log-softmax of each sample's calibrated logits
+        without noise; adds the ``noise_aleatoric`` map. Pass it on every update or on none."""
         p = _stack(probs).float()
         lp = _stack(log_probs).float() if log_probs is not None else None
+        clean = _stack(noise_free_log_probs).float() if noise_free_log_probs is not None else None
         # One sample at a time, in place: temporaries stay (B, C, H, W) instead of
         # (k, B, C, H, W), which on the CPU is memory traffic, the cost of these maps.
         for t in range(p.shape[0]):
@@ -167,6 +177,9 @@ class SegmentationAccumulator(_SumAccumulator):
                 ent = torch.xlogy(pt, pt).sum(1, keepdim=True).neg_()
             self._add_("p", pt)
             self._add_("ent", ent)
+            if clean is not None:
+                # H[p_t] - H[softmax(cal(f_t))]: the logit noise's share of this sample's entropy.
+                self._add_("noise_ent", ent.add_((clean[t].exp() * clean[t]).sum(1, keepdim=True)))
             if "p2" in self.sums:
                 self.sums["p2"].addcmul_(pt, pt)
             else:
@@ -177,7 +190,8 @@ class SegmentationAccumulator(_SumAccumulator):
 
     def finalize(self) -> dict[str, Tensor]:
         """Fused maps: ``probs`` (B, C, H, W), ``pred`` (B, H, W) long, ``entropy``,
-        ``aleatoric``, ``epistemic``, ``prob_var`` and (when accumulated) ``logit_var``, (B, H, W)."""
+        ``aleatoric``, ``epistemic``, ``prob_var`` and (when accumulated) ``logit_var`` and
+        ``noise_aleatoric``, (B, H, W)."""
         if not self.sums:
             raise ValueError("SegmentationAccumulator.finalize() before any update()")
         p_mean = self._mean("p")
@@ -196,6 +210,8 @@ class SegmentationAccumulator(_SumAccumulator):
             "epistemic": (total - aleatoric).clamp_min(0.0),
             "prob_var": prob_var,
         }
+        if "noise_ent" in self.sums:
+            out["noise_aleatoric"] = self._mean("noise_ent")[:, 0].clamp_min(0.0)
         if "logit_var" in self.sums:
             var = self._mean("logit_var")
             out["logit_var"] = var[:, 0] if var.shape[1] == 1 else var.gather(1, idx)[:, 0]

@@ -3,136 +3,75 @@
 ``MCSampler(model, samples=T)(x)`` runs ``model.forward_prefix(x)`` once, then the stochastic
 suffix on the prefix state replicated k samples at a time (k chosen from a memory budget), and
 streams each chunk into the accumulators of :mod:`seguncert.uncertainty.maps`; it never holds
-T x C x H x W unless ``return_samples=True``.
+T x C x H x W unless ``return_samples`` or ``return_logits`` is set.
+
+Noise-integrated predictive (``noise_samples=S > 0``, heteroscedastic heads: ``logit_log_var``
+present; method.md). The loss fits E_ε softmax(f + σ ε), so each dropout sample t contributes
+p_t = (1/S) Σ_s softmax(cal(f_t + σ_t ε_s, base=f_t)), σ_t = exp(logit_log_var / 2) broadcast
+over classes, ε_s ~ N(0, I) of shape (B, C, H, W). The draws come after the network: S costs S
+noise draws, calibrations and softmaxes of the chunk's logits, never an extra network pass; they
+run one draw at a time over the chunk, so memory grows by a few copies of the chunk's logits, not
+by S. The maps then follow the decomposition of :mod:`~seguncert.uncertainty.maps` with these
+p_t. S = 0 (or a head without ``logit_log_var``) uses p_t = softmax(cal(f_t)), as before.
 
 Reproducibility. Every active :class:`MCDropout` draws its mask *per MC sample* from a generator
-seeded by (seed, sample index t, layer index, call index) -- see :class:`SeededDropout` -- instead
-of from the global RNG. So the masks of sample t do not depend on how samples are chunked: the
-result is the same for every chunk size k and memory budget (up to float rounding of batched vs
-unbatched kernels, ~1e-6), and ``naive_mc(..., seed=s)`` (T separate full passes) draws exactly the
-same masks as ``MCSampler(seed=s)``. Masks do depend on the batch size B (one draw covers the whole
-replicated batch of a sample). The caller's global RNG state is left untouched. Masks follow
-``nn.Dropout``: keep with probability 1-p, scale kept units by 1/(1-p).
+seeded by (seed, sample index t, layer index, call index) -- see :class:`SeededDropout` -- and the
+logit noise ε_s, shared by the call's T samples (common random numbers: per-sample draws would
+add their own Monte-Carlo error to the mutual information), from one seeded by (seed, first
+sample of the call, s) (:class:`SeededNoise`), instead of from the global RNG. So the randomness
+of sample t does not depend on how samples are chunked: the result
+is the same for every chunk size k and memory budget (up to float rounding of batched vs
+unbatched kernels, ~1e-6), and ``naive_mc(..., seed=s)`` (T separate full passes) draws exactly
+the same masks and noise as ``MCSampler(seed=s)``. Both depend on the batch size B (one draw
+covers the whole replicated batch of a sample). The caller's global RNG state is left untouched.
+Masks follow ``nn.Dropout``: keep with probability 1-p, scale kept units by 1/(1-p).
+
+Calibration. ``calibrator`` cal(z, base=None) -> z maps logits (N, C, H, W) before every softmax,
+noisy or not (``base`` = the sample's noise-free logits f_t, for calibrators that look at the
+prediction, e.g. a local temperature); without one, ``temperature`` (scalar or per-class (C,))
+divides the logits. Neither touches ``logit_var`` or depth.
 
 Output keys (all float32 on the model's device, (B, H, W) unless stated):
-- segmentation (``logits``): ``probs`` (B, C, H, W), ``pred`` long, ``entropy`` (total),
-  ``aleatoric`` (expected entropy), ``epistemic`` (mutual information), ``prob_var``, and
-  ``logit_var`` (mean learned logit variance of the predicted class) for heteroscedastic heads.
+- segmentation (``logits``): ``probs`` (B, C, H, W) = p̄, ``pred`` long, ``entropy`` (total),
+  ``aleatoric`` (expected entropy), ``epistemic`` (mutual information), ``prob_var`` (variance
+  over t of p_t of the predicted class) and, for heteroscedastic heads, ``logit_var`` (mean
+  learned logit variance σ² of the predicted class) and, when S > 0, ``noise_aleatoric``.
 - depth-only (``depth_loc``): ``depth``, ``aleatoric_var``, ``epistemic_var``, ``total_var`` and,
   for the overlay tools, ``aleatoric`` / ``epistemic`` = the standard deviations (sqrt of the vars).
 - joint: the segmentation keys unchanged plus ``depth``, ``depth_aleatoric_var``,
   ``depth_epistemic_var``, ``depth_total_var``.
-- ``return_samples=True``: ``samples`` = per-sample tempered probabilities (T, B, C, H, W) for
-  segmentation / joint models, per-sample depth means (T, B, H, W) for depth-only models; joint
-  models also get ``depth_samples`` (T, B, H, W).
-Temperature divides the logits before the softmax; it does not touch ``logit_var`` or depth.
+- ``return_samples=True``: ``samples`` = per-sample calibrated (noise-integrated) probabilities
+  p_t (T, B, C, H, W) for segmentation / joint models, per-sample depth means (T, B, H, W) for
+  depth-only models; joint models also get ``depth_samples`` (T, B, H, W).
+- ``return_logits=True`` (segmentation / joint, for fitting calibrators): ``logits`` = the raw,
+  uncalibrated, noise-free f_t (T, B, C, H, W) and, when present, ``logit_log_var``
+  (T, B, 1 or C, H, W), float32; they cost 4 * T * B * (C + 1 or 2C) * H * W bytes beyond the
+  memory budget (which bounds only the per-chunk temporaries), e.g. ~166 MB per 360x480 image
+  at T = 20, C = 11 with a shared variance.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, SeguncertError
 from ..models.base import has_active_dropout, mc_dropout_mode, repeat_state
-from .maps import RegressionAccumulator, SegmentationAccumulator, predictive_variance
-from .masks import ActivationCounter, SeededDropout, flat_tensors, tensor_bytes
+from .masks import ActivationCounter, SeededDropout, SeededNoise, flat_tensors, tensor_bytes
+from .predictive import (  # noqa: F401  (MCStats, finalize_stats: part of this module's API)
+    MCStats,
+    SampleOptions,
+    _noise_count,
+    _temperature_tensor,
+    consume_outputs,
+    finalize_stats,
+    make_calibrator,
+)
 
-
-class MCStats:
-    """What a sampling run accumulated (the temporal sampler fuses these across frames)."""
-
-    def __init__(self) -> None:
-        self.seg: SegmentationAccumulator | None = None
-        self.reg: RegressionAccumulator | None = None
-        self.samples: list[torch.Tensor] = []
-        self.depth_samples: list[torch.Tensor] = []
-
-
-def _temperature_tensor(temperature) -> float | torch.Tensor:
-    if isinstance(temperature, torch.Tensor) and temperature.numel() > 1:
-        t = temperature.detach().float().flatten()
-        if not bool((t > 0).all()):
-            raise ConfigError("temperature: every per-class temperature must be > 0")
-        return t
-    t = float(temperature)
-    if not t > 0:
-        raise ConfigError(f"temperature must be > 0, got {t}")
-    return t
-
-
-def consume_outputs(
-    out: dict, k: int, stats: MCStats, temperature, depth_dist: str | None, keep_samples: bool
-) -> None:
-    """Fold one forward's outputs (batch k*B, sample-major) into ``stats``."""
-    if not isinstance(out, dict) or ("logits" not in out and "depth_loc" not in out):
-        raise SeguncertError("model outputs have neither 'logits' nor 'depth_loc'")
-    if "logits" in out:
-        z = out["logits"].float()
-        z = z.reshape(k, z.shape[0] // k, *z.shape[1:])
-        if isinstance(temperature, torch.Tensor):
-            if temperature.numel() != z.shape[2]:
-                raise ConfigError(
-                    f"temperature has {temperature.numel()} entries but the model has "
-                    f"{z.shape[2]} classes"
-                )
-            z = z / temperature.to(z.device).view(1, 1, -1, 1, 1)
-        elif temperature != 1.0:
-            z = z / temperature
-        log_p = torch.log_softmax(z, 2)
-        p = log_p.exp()
-        lv = out.get("logit_log_var")
-        if lv is not None:
-            lv = lv.float().reshape(k, lv.shape[0] // k, *lv.shape[1:])
-        stats.seg = stats.seg or SegmentationAccumulator()
-        stats.seg.update(p, lv, log_probs=log_p)
-        if keep_samples:
-            stats.samples.append(p)
-    if "depth_loc" in out:
-        loc = out["depth_loc"].float()
-        loc = loc.reshape(k, loc.shape[0] // k, *loc.shape[1:])
-        var = None
-        if "depth_log_scale" in out:
-            if depth_dist is None:
-                raise ConfigError(
-                    "model.spec has no 'depth_dist' to turn depth_log_scale into a variance"
-                )
-            var = predictive_variance(out["depth_log_scale"].float(), depth_dist)
-            var = var.reshape(loc.shape)
-        stats.reg = stats.reg or RegressionAccumulator()
-        stats.reg.update(loc, var)
-        if keep_samples:
-            stats.depth_samples.append(loc[:, :, 0])
-
-
-def finalize_stats(stats: MCStats, samples: int | None = None) -> dict[str, torch.Tensor]:
-    """The output dict (see the module docstring) from accumulated stats. ``samples``: expand
-    kept samples to this many (a model without active dropout is sampled once)."""
-    out: dict[str, torch.Tensor] = {}
-    if stats.seg is not None:
-        out.update(stats.seg.finalize())
-    if stats.reg is not None:
-        r = stats.reg.finalize()
-        if stats.seg is not None:
-            out.update({("depth" if k == "depth" else f"depth_{k}"): v for k, v in r.items()})
-        else:
-            out.update(r)
-            out["aleatoric"] = r["aleatoric_var"].sqrt()
-            out["epistemic"] = r["epistemic_var"].sqrt()
-
-    def cat(chunks):
-        s = torch.cat(chunks)
-        return s.expand(samples, *s.shape[1:]) if samples and s.shape[0] == 1 else s
-
-    if stats.samples:
-        out["samples"] = cat(stats.samples)
-        if stats.depth_samples:
-            out["depth_samples"] = cat(stats.depth_samples)
-    elif stats.depth_samples:
-        out["samples"] = cat(stats.depth_samples)
-    return out
+Calibrator = Callable[..., torch.Tensor]  # cal(z (N, C, H, W), base=None) -> (N, C, H, W)
 
 
 def _model_device(model: nn.Module, x: torch.Tensor) -> torch.device:
@@ -162,17 +101,27 @@ def naive_mc(
     temperature=1.0,
     depth_dist: str | None = None,
     return_samples: bool = False,
+    noise_samples: int = 0,
+    calibrator: Calibrator | None = None,
+    return_logits: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The textbook estimator: ``samples`` full forward passes of x (B, 3, H, W), one at a time,
-    dropout on and BatchNorm in eval; same output dict as :class:`MCSampler`.
+    dropout on and BatchNorm in eval; same arguments and output dict as :class:`MCSampler`.
 
     ``seed=None`` uses torch's own dropout and global RNG (the benchmark baseline). An int seed
-    draws the masks of :class:`SeededDropout`, i.e. exactly those of ``MCSampler(seed=seed)``.
+    draws the masks of :class:`SeededDropout` and the noise of :class:`SeededNoise`, i.e. exactly
+    those of ``MCSampler(seed=seed)``.
     """
     if samples < 1:
         raise ConfigError(f"samples must be >= 1, got {samples}")
-    temperature = _temperature_tensor(temperature)
-    dist = _depth_dist(model, depth_dist)
+    opts = SampleOptions(
+        make_calibrator(temperature, calibrator),
+        _noise_count(noise_samples),
+        SeededNoise(seed),
+        _depth_dist(model, depth_dist),
+        return_samples,
+        return_logits,
+    )
     x = x.to(_model_device(model, x))
     stats = MCStats()
     masks = SeededDropout(model, seed) if seed is not None else contextlib.nullcontext()
@@ -180,7 +129,7 @@ def naive_mc(
         for t in range(samples):
             if seed is not None:
                 masks.set_samples(range(t, t + 1))
-            consume_outputs(model(x), 1, stats, temperature, dist, return_samples)
+            consume_outputs(model(x), 1, stats, opts, range(t, t + 1))
     return finalize_stats(stats)
 
 
@@ -193,7 +142,12 @@ class MCSampler:
     memory of the suffix plus the map updates (``torch.cuda.max_memory_allocated``); on CPU the
     bytes of every distinct tensor that a suffix module outputs (an over-estimate, see
     :class:`ActivationCounter`) plus 5 float32 copies of the outputs (softmax, log-softmax and the
-    accumulator temporaries). Both add one copy of the prefix state, which ``repeat_state`` copies.
+    accumulator temporaries) and, with logit noise, 5 more of the logits (the reused noise
+    buffer, the running sum over draws, a calibrator's output and its softmax, and slack for the
+    calibrator's own temporaries). Both add one copy of the prefix state, which ``repeat_state``
+    copies. ``noise_samples``, ``calibrator`` and ``return_logits``: see the module docstring; a
+    model without active dropout runs one sample, so its S noise draws are the whole predictive
+    and its epistemic map is 0.
     ``use_split=False`` replicates the input and runs the full network per sample instead (the
     "batched full passes" baseline). ``amp_dtype`` (e.g. torch.bfloat16) runs the network under
     autocast; maps are always accumulated in float32 (float64 for depth).
@@ -210,6 +164,9 @@ class MCSampler:
         use_split: bool = True,
         amp_dtype: torch.dtype | None = None,
         depth_dist: str | None = None,
+        noise_samples: int = 0,
+        calibrator: Calibrator | None = None,
+        return_logits: bool = False,
     ) -> None:
         if int(samples) < 1:
             raise ConfigError(f"mc.samples must be >= 1, got {samples}")
@@ -220,7 +177,11 @@ class MCSampler:
         self.memory_budget_mb = float(memory_budget_mb)
         self.seed = int(seed)
         self.temperature = _temperature_tensor(temperature)
+        self.calibrator = make_calibrator(temperature, calibrator)
+        self.noise_samples = _noise_count(noise_samples)
+        self._noise = SeededNoise(self.seed)
         self.return_samples = return_samples
+        self.return_logits = return_logits
         # A model without the staged interface can still be sampled by full passes.
         self.use_split = use_split and hasattr(model, "forward_prefix")
         self.amp_dtype = amp_dtype
@@ -256,6 +217,7 @@ class MCSampler:
             stack.enter_context(torch.random.fork_rng(devices=rng_devices))
             stack.enter_context(mc_dropout_mode(model))
             masks = stack.enter_context(SeededDropout(model, self.seed))
+            self._noise.call_sample = first_sample  # one ε_s per call, shared by its samples
             stack.enter_context(_autocast(device, self.amp_dtype))
             # Anything stochastic besides MCDropout sees a fixed stream, not the caller's RNG.
             torch.manual_seed(self.seed)
@@ -267,19 +229,28 @@ class MCSampler:
                 ids = range(first_sample + done, first_sample + done + k)
                 masks.set_samples(ids)
                 if measured is None:
-                    self._bytes_per_sample[key] = self._measure(state, stats, device)
+                    self._bytes_per_sample[key] = self._measure(state, stats, device, ids)
                 else:
-                    self._run_chunk(state, k, stats)
+                    self._run_chunk(state, stats, ids)
                 self.last_chunk_size = k
                 done += k
         return stats, total
 
-    def _run_chunk(self, state: dict, k: int, stats: MCStats) -> dict:
+    def _run_chunk(self, state: dict, stats: MCStats, ids: range) -> dict:
+        k = len(ids)
         if self.use_split:
             out = self.model.forward_suffix(repeat_state(state, k))
         else:
             out = self.model(repeat_state(state, k)["x"])
-        consume_outputs(out, k, stats, self.temperature, self.depth_dist, self.return_samples)
+        opts = SampleOptions(
+            self.calibrator,
+            self.noise_samples,
+            self._noise,
+            self.depth_dist,
+            self.return_samples,
+            self.return_logits,
+        )
+        consume_outputs(out, k, stats, opts, ids)
         return out
 
     def _suffix_modules(self) -> list[nn.Module]:
@@ -288,17 +259,19 @@ class MCSampler:
         stages = self.model.stages[self.model.split_index :]
         return [m for stage in stages for m in stage.modules()]
 
-    def _measure(self, state: dict, stats: MCStats, device: torch.device) -> int:
+    def _measure(self, state: dict, stats: MCStats, device: torch.device, ids: range) -> int:
         """Run one sample and return the estimated bytes per replicated sample."""
         state_bytes = tensor_bytes(state)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             before = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
-            self._run_chunk(state, 1, stats)
+            self._run_chunk(state, stats, ids)
             peak = torch.cuda.max_memory_allocated(device) - before
             return int(peak + state_bytes)
         with ActivationCounter(self._suffix_modules()) as counter:
-            out = self._run_chunk(state, 1, stats)
+            out = self._run_chunk(state, stats, ids)
         post = 5 * sum(v.numel() * 4 for v in flat_tensors(out))
+        if self.noise_samples and "logit_log_var" in out:
+            post += 5 * out["logits"].numel() * 4
         return int(counter.total(exclude=state) + state_bytes + post)

@@ -2,10 +2,11 @@
 
 Consecutive frames look alike, so instead of T fresh dropout samples per frame, each frame runs K
 fresh samples and fuses them with an exponentially decayed history of the per-pixel sample
-statistics (sum p, sum p², sum of entropies, learned variances, depth sums and the per-pixel
-count). With decay d the steady-state weight is K / (1 - d) samples (``effective_samples``).
-Every map is computed from the fused statistics exactly as :class:`MCSampler` does from its
-samples, so total = aleatoric + epistemic still holds and MI >= 0.
+statistics (sum p, sum p², sum of entropies, of the entropy the logit noise adds, learned
+variances, depth sums and the per-pixel count); decay, warp and gate act on all of them alike.
+With decay d the steady-state weight is K / (1 - d) samples (``effective_samples``). Every map
+is computed from the fused statistics exactly as :class:`MCSampler` does from its samples, so
+total = aleatoric + epistemic still holds and MI >= 0.
 
 Following the video. The fresh samples' share of a pixel's weight is K / (d * n_hist + K), at
 least 1 - d in the steady state (25% for the default d = 0.75), and the history is dropped where
@@ -20,7 +21,8 @@ the scene changed:
 Both need ``frame_rgb``; without it the history is only decayed. Call :meth:`reset` at scene cuts
 (a change of input size resets automatically). Frame n uses MC sample indices n*K .. n*K+K-1, so
 fresh samples never repeat the masks of earlier frames and ``decay=0`` equals
-``MCSampler(samples=K)(x, first_sample=n*K)`` exactly.
+``MCSampler(samples=K)(x, first_sample=n*K)`` exactly (with ``noise_samples`` too: the logit noise
+is seeded per sample index as well).
 """
 
 from __future__ import annotations
@@ -57,7 +59,11 @@ def _warp(t: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 
 class TemporalMC:
-    """``TemporalMC(model, fresh_samples=K)(x (1, 3, H, W), frame_rgb) -> MCSampler's dict``."""
+    """``TemporalMC(model, fresh_samples=K)(x (1, 3, H, W), frame_rgb) -> MCSampler's dict``.
+
+    ``temperature``, ``noise_samples``, ``calibrator``, ``amp_dtype``, ``depth_dist``, ``seed`` and
+    ``memory_budget_mb`` are passed to the per-frame :class:`MCSampler`.
+    """
 
     def __init__(
         self,
@@ -72,6 +78,8 @@ class TemporalMC:
         flow_scale: float = 0.5,
         amp_dtype: torch.dtype | None = None,
         depth_dist: str | None = None,
+        noise_samples: int = 0,
+        calibrator=None,
     ) -> None:
         if not 0.0 <= float(decay) < 1.0:
             raise ConfigError(f"temporal decay must be in [0, 1), got {decay}")
@@ -87,6 +95,8 @@ class TemporalMC:
             temperature=temperature,
             amp_dtype=amp_dtype,
             depth_dist=depth_dist,
+            noise_samples=noise_samples,
+            calibrator=calibrator,
         )
         self.fresh_samples = self.sampler.samples
         self.decay = float(decay)

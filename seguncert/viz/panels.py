@@ -1,5 +1,6 @@
 """What an overlay video shows: the per-frame maps of each checkpoint kind, their fixed colour
-scales (calibrated once per video), the composed panel row and the per-frame statistics.
+scales (calibrated once per video), the composed panel row and the per-frame statistics. Pure
+drawing: running the model on frames is :mod:`seguncert.inference`.
 
 Panels by name (``--panels`` of tools/infer.py):
 
@@ -19,13 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
+from ..tasks import get_task
 from .overlays import compose_panels, depth_panel, heatmap_panel, segmentation_panel
 
-DEFAULT_PANELS = {
-    "segmentation": ("input", "seg", "aleatoric", "epistemic"),
-    "depth": ("input", "depth", "aleatoric", "epistemic"),
-    "joint": ("input", "seg", "depth", "epistemic"),
-}
 SEG_MAPS = ("aleatoric", "epistemic", "entropy")
 DEPTH_MAPS = ("depth_aleatoric", "depth_epistemic", "depth_total")
 # name -> (title, colormap, colour-bar unit)
@@ -48,40 +45,43 @@ DEPTH_ALIASES = {
 
 def panel_names(kind: str) -> tuple[str, ...]:
     """Every panel a checkpoint kind can show."""
+    task = get_task(kind, "checkpoint kind")
     names = ["input"]
-    if kind in ("segmentation", "joint"):
+    if task.segmentation:
         names += ["seg", *SEG_MAPS]
-    if kind in ("depth", "joint"):
+    if task.depth:
         names += ["depth", *DEPTH_MAPS]
-    if kind == "depth":
-        names += list(DEPTH_ALIASES)
+        if not task.segmentation:
+            names += list(DEPTH_ALIASES)
     return tuple(names)
 
 
 def resolve_map(kind: str, name: str) -> str:
-    return DEPTH_ALIASES.get(name, name) if kind == "depth" else name
+    """A depth-only checkpoint's generic map names point at its depth maps."""
+    return name if get_task(kind).segmentation else DEPTH_ALIASES.get(name, name)
 
 
 def result_maps(result: dict, kind: str) -> dict[str, np.ndarray]:
     """Per-frame float maps (H, W) by map name, from one frame of an MC sampler result
     (numpy arrays, batch dimension removed). Depth variances become σ (metres)."""
+    task = get_task(kind)
     maps: dict[str, np.ndarray] = {}
-    if kind in ("segmentation", "joint"):
+    if task.segmentation:
         for k in SEG_MAPS:
             maps[k] = result[k]
-    if kind in ("depth", "joint"):
-        maps["depth"] = result["depth"]
-        prefix = "depth_" if kind == "joint" else ""  # the sampler's joint keys are prefixed
-        for k, var in zip(DEPTH_MAPS, ("aleatoric_var", "epistemic_var", "total_var")):
-            maps[k] = np.sqrt(np.maximum(result[prefix + var], 0.0))
+    if task.depth:
+        d = task.depth_maps(result)
+        maps["depth"] = d["depth"]
+        for k, var in zip(DEPTH_MAPS, ("aleatoric_var", "epistemic_var", "total_var"), strict=True):
+            maps[k] = np.sqrt(np.maximum(d[var], 0.0))
     return maps
 
 
 def uncertainty_key(kind: str) -> tuple[str, str]:
     """(aleatoric map, epistemic map) reported in the statistics for a checkpoint kind."""
-    if kind == "depth":
-        return "depth_aleatoric", "depth_epistemic"
-    return "aleatoric", "epistemic"
+    if get_task(kind).segmentation:
+        return "aleatoric", "epistemic"
+    return "depth_aleatoric", "depth_epistemic"
 
 
 @dataclass
@@ -181,11 +181,23 @@ class PanelRenderer:
         return compose_panels(cells, self.titles(), self.layout)
 
 
+def composed_size(kind: str, panels: Sequence[str], meta: dict, layout: str, hw) -> tuple:
+    """(H, W) of the frames :class:`PanelRenderer` composes for ``hw``-sized inputs."""
+    h, w = hw
+    names = set(MAP_STYLE) | set(SEG_MAPS) | set(DEPTH_MAPS)
+    scales = Scales({n: (0.0, 1.0) for n in names}, 0.0)
+    render = PanelRenderer(kind, panels, meta, scales, layout)
+    zeros = {n: np.zeros((h, w), np.float32) for n in names}
+    frame = render(np.zeros((h, w, 3), np.uint8), zeros, np.zeros((h, w), np.int64))
+    return frame.shape[:2]
+
+
 def stats_header(kind: str, class_names: Sequence[str]) -> list[str]:
+    task = get_task(kind)
     cols = ["frame", "mean_aleatoric", "mean_epistemic", "frac_uncertain"]
-    if kind in ("segmentation", "joint"):
+    if task.segmentation:
         cols += [f"frac_{n}" for n in class_names]
-    if kind in ("depth", "joint"):
+    if task.depth:
         cols += ["mean_depth"]
     return cols
 
@@ -207,98 +219,10 @@ def frame_stats(
         float(np.mean(maps[epi])),
         float(np.mean(maps[epi] > threshold)),
     ]
-    if kind in ("segmentation", "joint"):
+    task = get_task(kind)
+    if task.segmentation:
         counts = np.bincount(pred.ravel(), minlength=len(class_names))[: len(class_names)]
         row += (counts / max(pred.size, 1)).tolist()
-    if kind in ("depth", "joint"):
+    if task.depth:
         row.append(float(np.mean(maps["depth"])))
     return row
-
-
-# ---------------------------------------------------------------- running a video through a model
-
-
-def predict_frames(step, frames: Sequence[np.ndarray], meta: dict, device) -> list[dict]:
-    """uint8 RGB frames (same size) -> one dict of (H, W) numpy maps per frame.
-
-    Normalises with the checkpoint's mean/std, reflect-pads to a multiple of 32 (the networks
-    downsample 5 times) and crops the maps back. ``step`` is an MCSampler, or a TemporalMC
-    (recognised by its ``fresh_samples``; batch of one frame, given the frame for its flow).
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from ..data.transforms import normalize_image
-
-    h, w = frames[0].shape[:2]
-    x = torch.stack([normalize_image(f, meta["mean"], meta["std"]) for f in frames]).to(device)
-    ph, pw = -h % 32, -w % 32
-    if ph or pw:  # reflect needs the pad smaller than the side; tiny frames replicate instead
-        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
-    with torch.inference_mode():
-        if getattr(step, "fresh_samples", None) is not None:
-            out = step(x, frame_rgb=frames[0])  # unpadded: TemporalMC aligns it top-left
-        else:
-            out = step(x)
-    out = {k: v[..., :h, :w].float().cpu().numpy() for k, v in out.items() if v.dim() == 3}
-    return [{k: v[i] for k, v in out.items()} for i in range(len(frames))]
-
-
-def _pred(res: dict) -> np.ndarray | None:
-    return res["pred"].astype(np.int64) if "pred" in res else None
-
-
-def spread(n: int | None, k: int) -> list[int] | None:
-    """k frame indices spread evenly over n frames (None when n is unknown)."""
-    return sorted(set(np.linspace(0, n - 1, min(k, n)).round().astype(int).tolist())) if n else None
-
-
-def calibrate_video(reader, predict, kind, meta, fixed, threshold, batch, frames=8) -> Scales:
-    """Fix a video's colour scales from ``frames`` frames spread through it (the first ones
-    when the frame count is unknown); ``predict(frames) -> list of result dicts``."""
-    cal = [f for _, f in reader.read_frames(spread(reader.frame_count, frames) or range(frames))]
-    res = [r for k in range(0, len(cal), batch) for r in predict(cal[k : k + batch])]
-    return Scales.calibrate([result_maps(r, kind) for r in res], meta, kind, fixed, threshold)
-
-
-def overlay_video(
-    reader, predict, render: PanelRenderer, path, batch, frames_dir=None, bar=None, sheet_frames=6
-):
-    """Run every frame of ``reader`` through ``predict`` (``batch`` frames at a time), write the
-    composed frames to the video ``path`` (atomically) and optionally as PNGs to ``frames_dir``.
-    Returns (statistics rows, [(index, frame)] for a contact sheet, frames done)."""
-    from ..video import AtomicVideoWriter, write_image
-
-    names = render.class_names
-    rows, sheet, done, pending = [], [], 0, []
-    sheet_idx = spread(reader.frame_count, sheet_frames)
-    writer = None
-    try:
-        for item in [*reader, None]:
-            if item is not None:
-                pending.append(item)
-            if not pending or (item is not None and len(pending) < batch):
-                continue
-            for (i, rgb), res in zip(pending, predict([f for _, f in pending])):
-                maps, pred = result_maps(res, render.kind), _pred(res)
-                frame = render(rgb, maps, pred)
-                if writer is None:
-                    writer = AtomicVideoWriter(path, reader.fps, frame.shape[:2])
-                writer.write(frame)
-                rows.append(frame_stats(i, maps, pred, render.kind, names, render.scales.threshold))
-                if frames_dir:
-                    write_image(f"{frames_dir}/{i:06d}.png", frame)
-                if (i in sheet_idx) if sheet_idx else len(sheet) < sheet_frames:
-                    sheet.append((i, frame))
-            done += len(pending)
-            if bar is not None:
-                bar.update(len(pending))
-            pending = []
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    if writer is None:
-        raise ConfigError(f"no frames decoded from {reader.path}")
-    writer.close()
-    return rows, sheet, done

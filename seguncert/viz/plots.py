@@ -2,7 +2,7 @@
 
 Every function draws on a standalone :class:`matplotlib.figure.Figure` with the Agg canvas
 (no pyplot state, so nothing leaks between calls or threads and no display is needed) and saves
-atomically: PNG to a temporary name beside the target, then ``os.replace``. A crash mid-save
+atomically (:mod:`seguncert.io.atomic`). A crash mid-save
 never leaves a half-written figure under the final name.
 
 Binned calibration data ("bins") is a dict of equal-length sequences over the confidence bins:
@@ -14,7 +14,6 @@ on [0, 1]) and optional ``ece`` (computed from the bins when absent).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +22,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+
+from ..io.atomic import atomic_write
 
 DPI = 110
 
@@ -35,16 +36,10 @@ def _figure(width: float, height: float) -> Figure:
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as PNG to ``path`` atomically and release its memory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, path)
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
     finally:
-        tmp.unlink(missing_ok=True)
         fig.clear()  # Figure objects are not registered with pyplot; clearing frees the artists
-    return path
 
 
 def _as_bins(bins: Mapping) -> dict[str, np.ndarray | float]:

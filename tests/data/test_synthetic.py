@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import cv2
@@ -41,7 +39,7 @@ def test_deterministic_from_seed():
 @pytest.mark.parametrize("size", [(60, 80), (37, 53), (96, 64)])
 def test_sample_interface(size):
     s = SyntheticStreetScenes(2, size)[0]
-    assert set(s) == {"image", "label", "depth", "valid", "ood", "name"}
+    assert set(s) == {"image", "label", "depth", "valid", "depth_valid", "ood", "name"}
     h, w = size
     assert s["image"].shape == (h, w, 3) and s["image"].dtype == np.uint8
     assert s["label"].shape == (h, w) and s["label"].dtype == np.int64
@@ -184,20 +182,11 @@ def test_dataset_transform_and_errors():
         render_frame(0, (4, 4))
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "render_synthetic", REPO / "tools" / "render_synthetic.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _run_tool(monkeypatch, *argv) -> int:
-    tool = _tool()
-    monkeypatch.setattr(sys, "argv", ["render_synthetic.py", *argv])
+    from seguncert.cli import render_synthetic
+
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(tool.main)
+        run_cli(lambda: render_synthetic.main(list(argv)))
     return exit_info.value.code
 
 

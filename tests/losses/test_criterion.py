@@ -40,7 +40,7 @@ def batch(seed: int = 0) -> dict:
     label[0, 0] = 255
     depth = torch.rand(2, 4, 4, generator=g) * 5 + 0.5
     depth[1, :2] = 0.0  # no depth here, but labelled
-    return {"label": label, "depth": depth, "valid": label != 255}
+    return {"label": label, "depth": depth, "valid": label != 255, "depth_valid": depth > 0}
 
 
 def outputs(seed: int = 1, hetero: bool = True, depth: bool = False) -> dict:
@@ -78,16 +78,16 @@ def test_segmentation_ce_and_hetero_ce_with_class_weights():
     )
 
 
-def test_depth_uses_batch_valid_and_l1():
+def test_depth_uses_the_datasets_depth_valid_and_l1():
     b = batch()
-    b["valid"] = b["depth"] > 1.0
+    b["depth_valid"] = b["depth"] > 1.0
     out = outputs(hetero=False, depth=True)
     loss, parts = build_criterion(config("depth"), meta(None))(out, b)
-    want = laplace_nll(out["depth_loc"], out["depth_log_scale"], b["depth"], b["valid"])
+    want = laplace_nll(out["depth_loc"], out["depth_log_scale"], b["depth"], b["depth_valid"])
     torch.testing.assert_close(loss, want)
     assert set(parts) == {"depth", "loss"}
     loss, _ = build_criterion(config("depth", depth="l1"), meta(None))(out, b)
-    torch.testing.assert_close(loss, l1_loss(out["depth_loc"], b["depth"], b["valid"]))
+    torch.testing.assert_close(loss, l1_loss(out["depth_loc"], b["depth"], b["depth_valid"]))
     del out["depth_log_scale"]
     with pytest.raises(ConfigError, match="depth scale"):
         build_criterion(config("depth", depth="gaussian"), meta(None))(out, b)
@@ -96,16 +96,19 @@ def test_depth_uses_batch_valid_and_l1():
 def test_joint_masks_and_learned_weighting():
     b, out = batch(), outputs(hetero=False, depth=True)
     crit = build_criterion(config("joint", multitask="learned"), meta())
-    assert [p.shape for p in crit.parameters()] == [torch.Size([2])]
+    # The depth NLL is a likelihood with its own learned scale: only the CE gets an s_k.
+    assert [p.shape for p in crit.parameters()] == [torch.Size([1])]
     loss, parts = crit(out, b)
-    depth_valid = b["depth"] > 0  # not the label mask: labelled pixels without depth drop out
+    # the dataset's depth_valid, not the label mask: labelled pixels without depth drop out
     seg = cross_entropy(out["logits"], b["label"], torch.tensor([0.5, 1.0, 2.0]))
-    dep = laplace_nll(out["depth_loc"], out["depth_log_scale"], b["depth"], depth_valid)
-    torch.testing.assert_close(loss, seg + 0.5 * dep)  # s_k = 0 at start
+    dep = laplace_nll(out["depth_loc"], out["depth_log_scale"], b["depth"], b["depth_valid"])
+    torch.testing.assert_close(loss, seg + dep)  # s_seg = 0 at start
     assert parts["seg"] == pytest.approx(float(seg.detach())) and parts["depth"] == pytest.approx(
         float(dep.detach())
     )
-    assert parts["log_var_seg"] == 0.0 and parts["log_var_depth"] == 0.0
+    assert parts["log_var_seg"] == 0.0 and "log_var_depth" not in parts
+    l1 = build_criterion(config("joint", multitask="learned", depth="l1"), meta())
+    assert [p.shape for p in l1.parameters()] == [torch.Size([2])]
     loss.backward()
     assert crit.weighting.log_vars.grad is not None
     fixed = build_criterion(config("joint", multitask="fixed"), meta())

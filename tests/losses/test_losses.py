@@ -155,30 +155,63 @@ def test_regression_gradients_finite_with_nan_outside_mask():
 
 
 def test_uncertainty_weighting_values_and_gradients():
-    w = UncertaintyWeighting({"seg": "classification", "depth": "regression"})
+    """Kendall, Gal & Cipolla 2018: exp(-s) L + s/2 (classification), exp(-s) L/2 + s/2
+    (regression), s = log sigma^2; a likelihood task enters with weight 1."""
+    w = UncertaintyWeighting({"seg": "classification", "depth": "regression", "nll": "likelihood"})
     with torch.no_grad():
         w.log_vars.copy_(torch.tensor([0.3, -0.4]))
-    Ls, Ld = torch.tensor(1.7), torch.tensor(0.6)
-    total = w({"seg": Ls, "depth": Ld})
-    s1, s2 = 0.3, -0.4
-    want = math.exp(-s1) * 1.7 + s1 + 0.5 * (math.exp(-s2) * 0.6 + s2)
+    Ls, Ld, Ln = torch.tensor(1.7), torch.tensor(0.6), torch.tensor(-0.8)
+    total = w({"seg": Ls, "depth": Ld, "nll": Ln})
+    s1, s2 = (10 * math.tanh(v / 10) for v in (0.3, -0.4))
+    want = math.exp(-s1) * 1.7 + 0.5 * s1 + 0.5 * (math.exp(-s2) * 0.6 + s2) - 0.8
     assert float(total.detach()) == pytest.approx(want, rel=1e-6)
     total.backward()
-    grad = w.log_vars.grad
-    assert float(grad[0]) == pytest.approx(1 - math.exp(-s1) * 1.7, rel=1e-5)
-    assert float(grad[1]) == pytest.approx(0.5 * (1 - math.exp(-s2) * 0.6), rel=1e-5)
-    # stationary at s_k = log L_k
+    # stationary where exp(s) = 2 L (classification) and exp(s) = L (regression)
     with torch.no_grad():
-        w.log_vars.copy_(torch.log(torch.tensor([1.7, 0.6])))
+        w.log_vars.copy_(torch.atanh(torch.log(torch.tensor([2 * 1.7, 0.6])) / 10) * 10)
     w.log_vars.grad = None
-    w({"seg": Ls, "depth": Ld}).backward()
+    w({"seg": Ls, "depth": Ld, "nll": Ln}).backward()
     torch.testing.assert_close(w.log_vars.grad, torch.zeros(2), atol=1e-6, rtol=0)
     fixed = UncertaintyWeighting({"seg": "classification", "depth": "regression"}, "fixed")
-    assert list(fixed.parameters()) == [] and float(
-        fixed({"seg": Ls, "depth": Ld})
-    ) == pytest.approx(2.3)
+    assert list(fixed.parameters()) == []
+    assert float(fixed({"seg": Ls, "depth": Ld})) == pytest.approx(2.3)
     with pytest.raises(KeyError):
         fixed({"seg": Ls})
+    with pytest.raises(ValueError, match="non-negative"):
+        UncertaintyWeighting({"seg": "classification"})({"seg": torch.tensor(-0.1)})
+
+
+def test_learned_weights_stay_finite_when_the_depth_nll_goes_negative():
+    """The defect of e^{-s} L + s on a Laplace NLL: where residuals and scales are small the NLL is
+    negative and s runs to minus infinity. Train the joint criterion's weights (and a free depth
+    scale) on a fit that keeps improving: every s_k must settle."""
+    from seguncert.config import Config
+    from seguncert.data.common import DatasetMeta
+    from seguncert.losses.criterion import build_criterion
+
+    cfg = Config()
+    cfg.model.task, cfg.loss.class_weights, cfg.model.num_classes = "joint", "none", 3
+    crit = build_criterion(cfg, DatasetMeta(task="joint", class_names=list("abc")))
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 8, 8, generator=g) + 1.0
+    label = torch.randint(0, 3, (2, 8, 8), generator=g)
+    log_scale = torch.zeros(2, 1, 8, 8, requires_grad=True)
+    logits = torch.randn(2, 3, 8, 8, generator=g, requires_grad=True)
+    opt = torch.optim.Adam([*crit.parameters(), log_scale, logits], lr=0.05)
+    batch = {"label": label, "depth": target, "valid": label != 255,
+             "depth_valid": torch.ones_like(target, dtype=torch.bool)}  # fmt: skip
+    history = []
+    for _ in range(3000):
+        loc = (target + 0.01).unsqueeze(1)  # a near-perfect depth fit: |r| = 0.01 m
+        out = {"logits": logits, "depth_loc": loc, "depth_log_scale": log_scale}
+        loss, parts = crit(out, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(parts["log_var_seg"])
+    assert parts["depth"] < 0  # the NLL did go negative
+    assert all(math.isfinite(v) and abs(v) < 10 for v in history)
+    assert abs(history[-1] - history[-500]) < 0.05  # settled, not drifting
 
 
 def _autograd_hetero_nll(f, log_var, eps, target):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.test_evaluation import SEG_FILES
+from tests.evaluate.test_evaluation import SEG_FILES
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = REPO / "tools" / "train.py"
@@ -56,8 +56,9 @@ def test_evaluate_end_to_end(checkpoint, tmp_path):
             "--mc-samples",
             "2",
             "--limit",
-            "2",
-            "--fit-temperature",
+            "3",
+            "--calibrate",
+            "temperature",
             "--examples",
             "2",
             "--no-progress",
@@ -70,16 +71,20 @@ def test_evaluate_end_to_end(checkpoint, tmp_path):
     files = {p.name for p in out.iterdir()}
     assert SEG_FILES <= files
     m = json.loads((out / "metrics.json").read_text())
-    assert m["num_images"] == 2 and m["mc_samples"] == 2 and m["split"] == "val"
-    assert len(m["per_class_iou"]) == 11 and m["temperature"]["source"] == "fitted"
+    # frames 0-1 calibrate (the first half of 3, rounded), frame 2 is scored
+    assert m["num_images"] == 1 and m["mc_samples"] == 2 and m["split"] == "val"
     sidecar = json.loads((checkpoint / "best.json").read_text())
-    assert sidecar["temperature"] == m["temperature"]["value"]
+    assert sidecar["calibration"]["kind"] == "temperature"
+    assert len(m["per_class_iou"]) == 11 and m["calibration"].startswith("temperature tau=")
+    assert sidecar["calibration_fit"]["frames"] == 2
     # the printed summary reports the numbers in metrics.json
     miou = re.search(r"mIoU ([\d.]+)%", r.stdout)
     ece = re.search(r"ECE ([\d.]+)%", r.stdout)
     assert miou and float(miou.group(1)) == pytest.approx(100 * m["miou"], abs=0.006)
     assert ece and float(ece.group(1)) == pytest.approx(100 * m["ece"], abs=0.006)
     assert str(out) in r.stdout
+    r = run([EVALUATE, "--checkpoint", checkpoint, "--out", out, "--limit", "1"], cwd=tmp_path)
+    assert r.returncode == 2 and "--overwrite" in r.stderr
 
 
 @pytest.mark.parametrize(
@@ -110,10 +115,65 @@ def test_help_explains_every_flag(tmp_path):
         "--batch-size",
         "--limit",
         "--bins",
-        "--fit-temperature",
-        "--per-class-temperature",
+        "--calibrate",
+        "--calibration-split",
+        "--calibration-fraction",
+        "--noise-samples",
+        "--overwrite",
         "--memory-budget-mb",
         "--device",
     ):
         assert flag in r.stdout
     assert r.stdout.count("(default") >= 5
+
+
+def test_a_checkpoint_of_another_task_is_named_as_such(tmp_path):
+    """A segmentation checkpoint pointed at depth data: the message names the mismatch."""
+    root = tmp_path / "fake_nyu"
+    (root / "train").mkdir(parents=True)
+    (root / "val").mkdir()
+    cfg = REPO / "configs" / "camvid_unet_cpu.yaml"
+    tiny = ["data.size=[32,32]", "model.decoder_channels=[8,8,8,8,8]", "train.epochs=1",
+            "train.threads=1", "data.limit_train=2", "data.limit_val=1"]  # fmt: skip
+    camvid = REPO.parent / "shared" / "datasets" / "camvid"
+    if not camvid.is_dir():
+        pytest.skip("needs ../shared/datasets/camvid")
+    r = run([TRAIN, "--config", cfg, "--out", tmp_path / "seg", "--data-root", camvid, *tiny],
+            cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run([EVALUATE, "--checkpoint", tmp_path / "seg", "--data-root", root, "--out",
+             tmp_path / "o"], cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 2
+    line = r.stderr.strip().splitlines()[-1]
+    assert "segmentation model trained on data.dataset=camvid" in line and "fake_nyu" in line
+
+
+def test_out_under_a_file_fails_before_any_work(checkpoint, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run([EVALUATE, "--checkpoint", checkpoint, "--out", blocker / "eval"], cwd=tmp_path)
+    assert r.returncode == 2 and "is a file, not a folder" in r.stderr
+    assert "evaluate" not in r.stdout  # no evaluation ran
+
+
+def test_only_the_evaluated_split_is_needed(tmp_path):
+    """A data root with val/ and valannot/ only (no train/) evaluates."""
+    camvid = REPO.parent / "shared" / "datasets" / "camvid"
+    if not camvid.is_dir():
+        pytest.skip("needs ../shared/datasets/camvid")
+    root = tmp_path / "valonly"
+    root.mkdir()
+    for d in ("val", "valannot"):
+        (root / d).mkdir()
+        for f in sorted((camvid / d).iterdir())[:2]:
+            (root / d / f.name).symlink_to(f)
+    cfg = REPO / "configs" / "camvid_unet_cpu.yaml"
+    tiny = ["data.size=[32,32]", "model.decoder_channels=[8,8,8,8,8]", "train.epochs=1",
+            "train.threads=1", "data.limit_train=2", "data.limit_val=1"]  # fmt: skip
+    r = run([TRAIN, "--config", cfg, "--out", tmp_path / "seg", "--data-root", camvid, *tiny],
+            cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run([EVALUATE, "--checkpoint", tmp_path / "seg", "--data-root", root, "--out",
+             tmp_path / "o", "--mc-samples", "2", "--no-progress"], cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["num_images"] == 2

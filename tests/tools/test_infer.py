@@ -14,7 +14,7 @@ import torch
 
 from seguncert.config import ModelConfig
 from seguncert.data.common import DatasetMeta
-from seguncert.engine.checkpoint import save_checkpoint
+from seguncert.io.checkpoint import save_checkpoint
 from seguncert.models.build import build_model
 from seguncert.viz.overlays import title_height
 
@@ -45,7 +45,9 @@ def ckpt(tmp_path_factory):
     model = build_model(cfg)
     meta = DatasetMeta(class_names=CLASSES, palette=[[128, 64, 128], [64, 0, 128], [128] * 3])
     run = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint(run, "best", model, meta=meta, config={"model": vars(cfg)}, temperature=1.5)
+    cal = {"format": "seguncert.calibrator", "version": 1, "kind": "temperature",
+           "task": "segmentation", "num_classes": 3, "params": {"tau": 1.5}}  # fmt: skip
+    save_checkpoint(run, "best", model, meta=meta, config={"model": vars(cfg)}, calibration=cal)
     return run
 
 
@@ -127,8 +129,12 @@ def write_zero_frame_avi(path):
     cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 32)).release()
 
 
+def weights_of(run) -> Path:
+    return run / json.loads((run / "best.json").read_text())["weights_file"]
+
+
 def corrupt_weights(run):
-    w = run / "best.safetensors"
+    w = weights_of(run)
     w.write_bytes(w.read_bytes()[:-100])
 
 
@@ -171,8 +177,45 @@ def test_bad_input_exits_2_with_one_line_and_no_output(tmp_path, ckpt, clip, cas
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     named = {"missing": "nope.mp4", "unreadable": "junk.mp4", "zero_frames": "zero.avi",
-             "corrupt_ckpt": "best.safetensors", "wrong_kind": "classification",
+             "corrupt_ckpt": weights_of(ckpt).name, "wrong_kind": "classification",
              "proc": "/proc/x.mp4", "under_file": "afile"}  # fmt: skip
     assert named[case] in lines[0]
     assert not out.exists()
     assert {p for p in work.rglob("*") if p.is_file()} == {p for p in before if p.is_file()}
+
+
+def test_existing_outputs_are_kept_unless_overwrite(tmp_path, ckpt, clip):
+    out = tmp_path / "o.mp4"
+    args = ("--checkpoint", ckpt, "--input", clip, "--out", out, "--mc-samples", 1)
+    assert run_infer(*args).returncode == 0
+    before = out.stat().st_mtime_ns
+    r = run_infer(*args)
+    assert r.returncode == 2 and "already exists" in r.stderr and "--overwrite" in r.stderr
+    assert out.stat().st_mtime_ns == before
+    assert run_infer(*args, "--overwrite").returncode == 0
+
+
+def test_a_huge_frame_is_refused_up_front_with_its_size(tmp_path, ckpt):
+    """A 4000x3000 frame: the memory estimate refuses it before any inference, naming the
+    size and a --size that fits (here the free memory is faked to 2 GB)."""
+    big = tmp_path / "big.png"
+    cv2.imwrite(str(big), np.zeros((3000, 4000, 3), np.uint8))
+    env_probe = "import seguncert.inference.frames as f; f.available_bytes = lambda d: 2 << 30"
+    code = f"{env_probe}; from seguncert.cli import run_tool; run_tool('infer')"
+    args = ["--checkpoint", ckpt, "--input", big, "--out", tmp_path / "o.mp4", "--mc-samples", 2]
+    r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+                       text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert "4000x3000" in line and "GB" in line and "--size" in line
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_a_frame_the_codec_cannot_encode_is_refused_before_inference(tmp_path, ckpt):
+    """mp4v cannot encode 4 x 2600 px wide rows: said up front with the pixel size."""
+    wide = tmp_path / "wide.png"
+    cv2.imwrite(str(wide), np.zeros((64, 2600, 3), np.uint8))
+    r = run_infer("--checkpoint", ckpt, "--input", wide, "--out", tmp_path / "o.mp4")
+    assert r.returncode == 2
+    line = r.stderr.strip().splitlines()[-1]
+    assert "10400x" in line and "--size" in line and "frames/s" not in r.stdout

@@ -106,6 +106,25 @@ def test_accumulator_equals_direct(seed, t, c, scale, chunk, hetero):
         torch.testing.assert_close(out["logit_var"], log_var.exp().mean(0)[:, 0])
 
 
+@PROFILE
+@given(**probs_args, chunk=st.integers(1, 4))
+def test_noise_aleatoric_is_mean_entropy_gain(seed, t, c, scale, chunk):
+    probs = _probs(seed, t, c, scale)  # stands for the noise-integrated p_t
+    g = torch.Generator().manual_seed(seed + 1)
+    clean = torch.log_softmax(torch.randn(t, 2, c, 3, 4, generator=g) * scale, 2)
+    acc, plain = SegmentationAccumulator(), SegmentationAccumulator()
+    for i in range(0, t, chunk):
+        acc.update(probs[i : i + chunk], noise_free_log_probs=clean[i : i + chunk])
+        plain.update(probs[i : i + chunk])
+    out = acc.finalize()
+    p, q = probs.double().numpy(), clean.double().exp().numpy()
+    gain = (-(p * np.log(np.where(p > 0, p, 1))).sum(2) + (q * np.log(q)).sum(2)).mean(0)
+    np.testing.assert_allclose(out["noise_aleatoric"].numpy(), gain.clip(0), atol=2e-5)
+    assert out.keys() == plain.finalize().keys() | {"noise_aleatoric"}
+    for k, v in plain.finalize().items():  # the other maps do not change
+        torch.testing.assert_close(out[k], v, atol=0, rtol=0)
+
+
 def test_per_class_logit_var_picks_predicted_class():
     probs = _probs(1, 3, 4, 2.0)
     log_var = torch.randn(3, 2, 4, 3, 4)
@@ -122,10 +141,13 @@ def test_weighted_merge_and_scale():
     acc_a.update(a)
     acc_b.update(b)
     # scaling everything (sums and count) by a per-pixel weight leaves the maps unchanged
-    scaled = SegmentationAccumulator()
-    scaled.update(a)
+    clean = torch.log_softmax(torch.randn(3, 2, 4, 3, 4), 2)
+    noisy, scaled = SegmentationAccumulator(), SegmentationAccumulator()
+    noisy.update(a, noise_free_log_probs=clean)
+    scaled.update(a, noise_free_log_probs=clean)
     scaled.scale_(torch.rand(2, 1, 3, 4) + 0.1)
-    for k, v in acc_a.finalize().items():
+    assert "noise_aleatoric" in scaled.finalize()
+    for k, v in noisy.finalize().items():
         torch.testing.assert_close(scaled.finalize()[k], v, atol=1e-5, rtol=1e-5)
     # merging = accumulating the concatenation
     acc_a.merge_(acc_b)

@@ -1,0 +1,180 @@
+"""Evaluate a checkpoint over a whole split with MC dropout; write metrics, tables and figures.
+
+:func:`evaluate_checkpoint` streams every image of ``loader`` once through an
+:class:`~seguncert.uncertainty.sampler.MCSampler` (predictions cropped back to ``orig_size``, so
+eval padding never counts) into the streaming metric sets of :mod:`.segmentation` and
+:mod:`.depth` (fixed-size histograms: memory does not grow with the split), then
+:mod:`.report` writes the files. It changes nothing in the checkpoint: fitting a calibrator
+is :mod:`.calibration`'s job, and the caller passes the one to apply.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..data.common import IGNORE_INDEX, DatasetMeta
+from ..data.transforms import denormalize, image_sizes
+from ..errors import DataError
+from ..metrics.novelty import NoveltyMetrics
+from ..models.base import has_active_dropout
+from ..runtime.progress import Progress
+from ..tasks import checkpoint_task
+from ..uncertainty.sampler import MCSampler
+from ..viz.overlays import colorize_labels
+from . import report
+from .depth import DepthEval, DepthExamples
+from .segmentation import SegmentationEval
+
+
+@dataclass
+class EvalConfig:
+    """How an evaluation samples and reports."""
+
+    mc_samples: int = 20
+    noise_samples: int = 0  # logit-noise draws per dropout sample (heteroscedastic heads)
+    n_bins: int = 15
+    examples: int = 4
+    memory_budget_mb: float = 1024.0
+    seed: int = 0
+    split: str = "val"
+    progress: bool = True
+
+
+def _crop(t: torch.Tensor, i: int, h: int, w: int) -> torch.Tensor:
+    return t[i : i + 1, ..., :h, :w]
+
+
+def _segmentation_example(image, o, label, meta, name) -> dict:
+    pred = o["pred"][0].cpu().numpy()
+    lab = label[0].cpu().numpy()
+    return {
+        "image": denormalize(image, meta.mean, meta.std),
+        "pred": colorize_labels(pred, meta.palette),
+        "error": (pred != lab) & (lab != IGNORE_INDEX),
+        "valid": lab != IGNORE_INDEX,
+        "aleatoric": o["aleatoric"][0].float().cpu().numpy(),
+        "epistemic": o["epistemic"][0].float().cpu().numpy(),
+        "name": name,
+    }
+
+
+NOVELTY_MAPS = ("entropy", "aleatoric", "epistemic", "prob_var")
+
+
+class SplitEval:
+    """The metric sets of one checkpoint's task, fed one cropped image at a time."""
+
+    def __init__(self, task, meta: DatasetMeta, spec: dict, cfg: EvalConfig) -> None:
+        self.task, self.meta, self.cfg = task, meta, cfg
+        c = len(meta.class_names)
+        hetero = bool(spec.get("heteroscedastic"))
+        self.seg = SegmentationEval(c, cfg.n_bins, hetero) if task.segmentation else None
+        self.depth = DepthEval(meta, spec.get("depth_dist")) if task.depth else None
+        self.seg_rows, self.depth_examples = [], DepthExamples(cfg.examples, meta)
+        self.novelty = None  # created when the frames carry an "ood" mask
+        self.images = 0
+
+    def update(self, image, o: dict, batch: dict, i: int, h: int, w: int) -> None:
+        name = str(batch["name"][i]) if "name" in batch else f"#{self.images}"
+        if self.seg is not None:
+            label = _crop(batch["label"], i, h, w)
+            self.seg.update(o, label)
+            if len(self.seg_rows) < self.cfg.examples:
+                self.seg_rows.append(_segmentation_example(image, o, label, self.meta, name))
+            if "ood" in batch:
+                self._novelty(o, _crop(batch["ood"], i, h, w), label)
+        if self.depth is not None:
+            d = self.task.depth_maps(o)
+            target = _crop(batch["depth"], i, h, w).to(d["depth"].device)
+            valid = _crop(batch["depth_valid"], i, h, w).to(d["depth"].device)
+            self.depth.update(d, target, valid)
+            if self.depth_examples.want():
+                self.depth_examples.add(image, d, target, valid, name)
+        self.images += 1
+
+    def _novelty(self, o: dict, ood, label) -> None:
+        """OOD pixels vs labelled in-distribution pixels, for every map and max probability."""
+        maps = {"max_prob": 1.0 - o["probs"].max(1).values, **{k: o[k] for k in NOVELTY_MAPS}}
+        if self.novelty is None:
+            log_c = math.log(len(self.meta.class_names))
+            ranges = {"max_prob": (0.0, 1.0), "prob_var": (0.0, 0.25)}
+            ranges.update({k: (0.0, log_c) for k in ("entropy", "aleatoric", "epistemic")})
+            self.novelty = NoveltyMetrics(list(maps), ranges=ranges)
+        device = maps["max_prob"].device
+        self.novelty.update(maps, ood.to(device), (label != 255).to(device))
+
+    def compute(self) -> tuple[dict, list[dict]]:
+        metrics, rows = {}, []
+        if self.seg is not None:
+            metrics, rows = self.seg.compute(self.meta.class_names)
+        if self.novelty is not None:
+            nov = self.novelty.compute()
+            table = [
+                {"map": k, "auroc": v["auroc"], "ap": v["ap"], "fpr95": v["fpr95"]}
+                for k, v in nov["maps"].items()
+            ]
+            metrics["novelty"] = {**{k: v for k, v in nov.items() if k != "maps"}, "table": table}
+        if self.depth is not None:
+            metrics["depth"] = self.depth.compute()
+            metrics.setdefault("num_pixels", metrics["depth"]["count"])
+        return metrics, rows
+
+
+def stream_split(sampler, loader, evals: SplitEval, device, cfg: EvalConfig) -> None:
+    """Every image of ``loader`` once through ``sampler`` into ``evals``."""
+    total = len(loader.dataset) if hasattr(loader, "dataset") else None
+    with Progress(total, f"evaluate {cfg.split}", unit="img", enabled=cfg.progress) as bar:
+        for batch in loader:
+            x = batch["image"].to(device, non_blocking=True)
+            out = sampler(x)
+            for i, (h, w) in enumerate(image_sizes(batch)):
+                o = {k: _crop(v, i, h, w) for k, v in out.items() if v.dim() >= 3}
+                evals.update(x[i, :, :h, :w], o, batch, i, h, w)
+                bar.update(1, images=1)
+
+
+def evaluate_checkpoint(
+    model, info: dict, loader, out_dir, cfg=None, calibrator=None, extra: dict | None = None
+) -> dict:
+    """Evaluate ``model`` (from ``load_checkpoint``; ``info`` is its sidecar dict) on every image
+    of ``loader``; write the report into ``out_dir``; return the metrics (= metrics.json, NaN
+    there as null). ``calibrator`` (see :mod:`seguncert.uncertainty.calibrators`) acts on every
+    MC sample's logits; None evaluates the raw model. ``extra`` sections (shift study,
+    calibration fit) are added to metrics.json and the HTML report."""
+    cfg = cfg or EvalConfig()
+    device = next(model.parameters()).device
+    task = checkpoint_task(info)
+    meta = DatasetMeta.from_dict(info.get("meta") or {})
+    spec = getattr(model, "spec", None) or info.get("model_spec") or {}
+    sampler = MCSampler(
+        model,
+        cfg.mc_samples,
+        cfg.memory_budget_mb,
+        seed=cfg.seed,
+        noise_samples=cfg.noise_samples,
+        calibrator=calibrator,
+    )
+    evals = SplitEval(task, meta, spec, cfg)
+    model.eval()
+    stream_split(sampler, loader, evals, device, cfg)
+    if evals.images == 0:
+        raise DataError(f"split {cfg.split!r} has no images to evaluate")
+    metrics: dict = {
+        "task": task.name,
+        "split": cfg.split,
+        "num_images": evals.images,
+        "mc_samples": int(cfg.mc_samples),
+        "mc_samples_run": int(cfg.mc_samples) if has_active_dropout(model) else 1,
+        "noise_samples": int(cfg.noise_samples),
+        "n_bins": int(cfg.n_bins),
+        "calibration": calibrator.describe() if calibrator is not None else "none",
+        "checkpoint": info.get("sidecar_path"),
+    }
+    task_metrics, rows = evals.compute()
+    metrics.update(task_metrics)
+    metrics.update(extra or {})
+    report.write_report(metrics, rows, meta, out_dir, evals.seg_rows, evals.depth_examples.rows)
+    return metrics

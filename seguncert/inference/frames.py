@@ -1,0 +1,128 @@
+"""Run a checkpoint on camera frames: uint8 RGB in, per-frame numpy maps out.
+
+:class:`FramePredictor` wraps an :class:`~seguncert.uncertainty.sampler.MCSampler` (frames
+independent, batched) and :class:`TemporalPredictor` a
+:class:`~seguncert.uncertainty.temporal.TemporalMC` (one frame at a time, in order, with the frame
+itself for the optical flow). Both normalise with the checkpoint's mean/std, pad to a multiple
+of 32 (the networks downsample 5 times) and crop the maps back to the frame.
+
+:func:`check_memory` estimates the memory a frame size needs before anything runs, so a huge
+input is refused (or its batch reduced) up front with the size named, instead of failing after
+minutes of work.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.transforms import normalize_image
+from ..errors import SeguncertError
+from ..uncertainty.masks import ActivationCounter
+
+PAD_TO = 32
+PROBE_SIZE = (128, 160)
+
+
+def frames_to_batch(frames: Sequence[np.ndarray], meta: dict, device) -> torch.Tensor:
+    """uint8 RGB frames (same size) -> normalised (B, 3, H', W'), padded to a multiple of 32."""
+    h, w = frames[0].shape[:2]
+    x = torch.stack([normalize_image(f, meta["mean"], meta["std"]) for f in frames]).to(device)
+    ph, pw = -h % PAD_TO, -w % PAD_TO
+    if ph or pw:  # reflect needs the pad smaller than the side; tiny frames replicate instead
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+    return x
+
+
+def _to_numpy(out: dict, h: int, w: int, n: int) -> list[dict]:
+    maps = {k: v[..., :h, :w].float().cpu().numpy() for k, v in out.items() if v.dim() == 3}
+    return [{k: v[i] for k, v in maps.items()} for i in range(n)]
+
+
+class FramePredictor:
+    """``FramePredictor(sampler, meta, device)(frames) -> [{map name: (H, W) array}, ...]``."""
+
+    batched = True
+
+    def __init__(self, sampler, meta: dict, device) -> None:
+        self.sampler, self.meta, self.device = sampler, meta, torch.device(device)
+
+    def __call__(self, frames: Sequence[np.ndarray]) -> list[dict]:
+        h, w = frames[0].shape[:2]
+        x = frames_to_batch(frames, self.meta, self.device)
+        with torch.inference_mode():
+            out = self.sampler(x)
+        return _to_numpy(out, h, w, len(frames))
+
+    def reset(self) -> None:
+        """Start of a new input (nothing to forget: frames are independent)."""
+
+
+class TemporalPredictor(FramePredictor):
+    """Frames in video order, one per call (sample reuse across frames needs the order)."""
+
+    batched = False
+
+    def __call__(self, frames: Sequence[np.ndarray]) -> list[dict]:
+        if len(frames) != 1:
+            raise SeguncertError(f"temporal sampling takes one frame at a time, got {len(frames)}")
+        h, w = frames[0].shape[:2]
+        x = frames_to_batch(frames, self.meta, self.device)
+        with torch.inference_mode():
+            out = self.sampler(x, frame_rgb=frames[0])  # unpadded: aligned top-left
+        return _to_numpy(out, h, w, 1)
+
+    def reset(self) -> None:
+        self.sampler.reset()
+
+
+def bytes_per_pixel(model: torch.nn.Module) -> float:
+    """Activation bytes per input pixel of one forward pass, measured on a small probe frame
+    (every module output counted, an over-estimate of the live peak: the safe side)."""
+    p = next(model.parameters())
+    x = torch.zeros(1, 3, *PROBE_SIZE, device=p.device, dtype=p.dtype)
+    with torch.inference_mode(), ActivationCounter(list(model.modules())) as counter:
+        model.eval()(x)
+    return counter.total(exclude={"x": x}) / (PROBE_SIZE[0] * PROBE_SIZE[1])
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` (MemAvailable on Linux for the CPU); None when unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(model, size_hw: tuple[int, int], batch: int, budget_mb: float, device) -> int:
+    """The largest batch (<= ``batch``) whose estimated peak fits in free memory; SeguncertError
+    naming the frame size when not even one frame fits. Estimate: probe bytes per pixel x
+    padded pixels x batch, plus the sampler's suffix budget."""
+    if os.environ.get("SEGUNCERT_SKIP_MEMORY_CHECK"):
+        return batch
+    free = available_bytes(torch.device(device))
+    if free is None:
+        return batch
+    h, w = size_hw
+    pixels = (h + -h % PAD_TO) * (w + -w % PAD_TO)
+    per_frame = bytes_per_pixel(model) * pixels
+    fits = int((free - budget_mb * 2**20) // max(per_frame, 1.0))
+    if fits >= 1:
+        return min(batch, fits)
+    scale = max(1.0, (per_frame / max(free - budget_mb * 2**20, 1.0)) ** 0.5)
+    suggest = f"{max(32, int(h / scale) // 32 * 32)}x{max(32, int(w / scale) // 32 * 32)}"
+    raise SeguncertError(
+        f"frames of {w}x{h} pixels need about {per_frame / 2**30:.1f} GB each for inference "
+        f"(estimated), more than the {free / 2**30:.1f} GB free; pass --size {suggest} "
+        "(height x width) to resize them"
+    )

@@ -1,0 +1,125 @@
+"""A video through a model, into an overlay video, a per-frame CSV and a contact sheet.
+
+Decoding runs in the reader's thread (:class:`~seguncert.io.video_reader.FrameReader`); frames
+go through the predictor ``batch`` at a time; composed frames stream into an atomic video
+writer. A calibration pass over a few frames spread through the video fixes the colour scales
+first, so the panels of every frame share one scale.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..io.atomic import atomic_write_bytes
+from ..io.video_reader import FrameReader
+from ..io.video_writer import AtomicVideoWriter, write_image
+from ..runtime.progress import Progress
+from ..viz.overlays import contact_sheet
+from ..viz.panels import PanelRenderer, Scales, frame_stats, result_maps, stats_header
+
+SHEET_FRAMES = 6
+CALIBRATION_FRAMES = 8
+
+
+@dataclass
+class OutputPlan:
+    """Where one input's outputs go."""
+
+    video: Path
+    stats: Path
+    sheet: Path
+    frames_dir: str | None = None
+
+
+def spread(n: int | None, k: int) -> list[int] | None:
+    """k frame indices spread evenly over n frames (None when n is unknown)."""
+    return sorted(set(np.linspace(0, n - 1, min(k, n)).round().astype(int).tolist())) if n else None
+
+
+def calibrate_video(reader, predict, kind, meta, fixed, threshold, batch) -> Scales:
+    """Fix a video's colour scales from frames spread through it (the first ones when the
+    frame count is unknown); ``predict(frames) -> list of result dicts``."""
+    wanted = spread(reader.frame_count, CALIBRATION_FRAMES) or range(CALIBRATION_FRAMES)
+    cal = [f for _, f in reader.read_frames(wanted)]
+    res = [r for k in range(0, len(cal), batch) for r in predict(cal[k : k + batch])]
+    return Scales.calibrate([result_maps(r, kind) for r in res], meta, kind, fixed, threshold)
+
+
+def _batches(reader, batch: int):
+    pending = []
+    for item in reader:
+        pending.append(item)
+        if len(pending) == batch:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
+
+
+def overlay_video(reader, predict, render: PanelRenderer, plan: OutputPlan, batch, progress):
+    """Every frame of ``reader`` through ``predict``, composed by ``render``, into the video of
+    ``plan`` (and PNGs in ``plan.frames_dir``). Returns (statistics rows, [(index, frame)] for
+    the contact sheet, frames done)."""
+    rows, sheet, done, writer = [], [], 0, None
+    sheet_idx = spread(reader.frame_count, SHEET_FRAMES)
+    try:
+        for pending in _batches(reader, batch):
+            for (i, rgb), res in zip(pending, predict([f for _, f in pending]), strict=True):
+                pred = res["pred"].astype(np.int64) if "pred" in res else None
+                maps = result_maps(res, render.kind)
+                frame = render(rgb, maps, pred)
+                if writer is None:
+                    writer = AtomicVideoWriter(plan.video, reader.fps, frame.shape[:2])
+                writer.write(frame)
+                threshold = render.scales.threshold
+                rows.append(frame_stats(i, maps, pred, render.kind, render.class_names, threshold))
+                if plan.frames_dir:
+                    write_image(f"{plan.frames_dir}/{i:06d}.png", frame)
+                if (i in sheet_idx) if sheet_idx else len(sheet) < SHEET_FRAMES:
+                    sheet.append((i, frame))
+            done += len(pending)
+            progress.update(len(pending), images=len(pending))
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is None:
+        raise ConfigError(f"no frames decoded from {reader.path}")
+    writer.close()
+    return rows, sheet, done
+
+
+def probe_writer(path: Path, frame_hw: tuple[int, int], fps: float = 10.0) -> None:
+    """Open (and discard) the video writer for ``frame_hw`` frames, so a size the codec refuses
+    is reported before any inference runs."""
+    AtomicVideoWriter(path, fps, frame_hw).abort()
+
+
+def render_source(source, plan: OutputPlan, predict, calibrate, view: dict) -> tuple[int, float]:
+    """One input end to end; returns (frames, frames/s). ``view``: kind, meta, panels, layout,
+    size, batch, scale (fixed (lo, hi) or None), threshold."""
+    reader = FrameReader(source, size=view["size"])
+    kind, meta = view["kind"], view["meta"]
+    scales = calibrate_video(
+        reader, calibrate, kind, meta, view["scale"], view["threshold"], view["batch"]
+    )
+    render = PanelRenderer(kind, view["panels"], meta, scales, view["layout"])
+    batch = view["batch"] if predict.batched else 1
+    predict.reset()  # a new input starts a new history
+    t0 = time.perf_counter()
+    with Progress(reader.frame_count, source.name, unit="frame", rate_unit="frames") as bar:
+        rows, sheet, done = overlay_video(reader, predict, render, plan, batch, bar)
+    fps = done / max(time.perf_counter() - t0, 1e-9)
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([stats_header(kind, render.class_names), *rows])
+    atomic_write_bytes(plan.stats, buf.getvalue().encode())
+    labels = [f"frame {i}" for i, _ in sheet]
+    write_image(plan.sheet, contact_sheet([f for _, f in sheet], 2, labels))
+    return done, fps
