@@ -37,12 +37,15 @@ class DataConfig:
     depth_encoding: str = "nyu8"  # nyu8 | mm16 | kitti16 | npy
     min_depth: float = 0.1
     max_depth: float = 10.0
+    exclude_scenes: list[str] | None = None  # scene-name prefixes kept out of training
+    scenes: list[str] | None = None  # evaluate / validate on these scenes only
     # synthetic only
     synthetic_train: int = 400
     synthetic_val: int = 64
     synthetic_size: list[int] = field(default_factory=lambda: [120, 160])
     synthetic_seed: int = 0
     limit_train: int | None = None  # use only the first N training samples (quick runs)
+    train_fraction: float = 1.0  # a random share of the training frames (seeded by train.seed)
     limit_val: int | None = None
 
 
@@ -136,6 +139,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Numeric bounds, checked after loading: (minimum, whether the minimum itself is allowed).
 BOUNDS: dict[str, tuple[float, bool]] = {
     "data.num_workers": (0, True),
+    "data.train_fraction": (0, False),
     "model.num_classes": (1, True),
     "loss.aleatoric_samples": (1, True),
     "optim.lr": (0, False),

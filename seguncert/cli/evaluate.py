@@ -75,6 +75,7 @@ FLAGS = [  # (flag, argparse keywords, help)
         "paste out-of-distribution objects on the road of every scored frame (seeded) and report "
         "novelty detection (AUROC, AP, FPR95) of every map",
     ),
+    ("--scenes", dict(metavar="NAMES"), "depth data: evaluate only these scenes (comma list)"),
     ("--memory-budget-mb", dict(type=float, metavar="MB"), "bound on one MC suffix batch"),
     ("--seed", dict(type=int, default=0, metavar="S"), "seed of the dropout masks (default 0)"),
     ("--device", dict(default="auto"), "auto | cpu | cuda | cuda:N"),
@@ -197,30 +198,36 @@ def main(argv=None) -> int:
     from ..evaluate.data import split_dataset
     from ..evaluate.report import summary_text
     from ..evaluate.run import evaluate_checkpoint
-    from ..io.checkpoint import load_checkpoint
     from ..runtime.device import resolve_device
+    from ..uncertainty.ensemble import load_members
 
     device = resolve_device(args.device, what="--device")
-    model, info = load_checkpoint(ckpt, map_location=device)
+    models, infos = load_members(ckpt, device)  # one checkpoint, or an ensemble's members
+    model, info = models[0], infos[0]
+    if len(models) > 1 and (args.calibrate or args.shift):
+        raise SeguncertError("--calibrate and --shift take one checkpoint, not an ensemble")
     cfg = eval_settings(args, info)
     wrap = None
     if args.ood_paste is not None:
         from ..data.ood_paste import OODPasteDataset
 
         wrap = lambda raw: OODPasteDataset(raw, seed=args.ood_paste)  # noqa: E731
-    dataset = split_dataset(info, args.data_root, args.split, args.limit, wrap)
+    scenes = args.scenes.split(",") if args.scenes else None
+    dataset = split_dataset(info, args.data_root, args.split, args.limit, wrap, scenes)
     fitted = None
     if args.calibrate:
         calibrator, dataset, fitted = calibrate_and_store(model, info, dataset, args, cfg)
     else:
-        calibrator = stored_calibrator(info) if args.calibration == "stored" else None
+        stored = [stored_calibrator(i) for i in infos]
+        stored = stored[0] if len(stored) == 1 else stored
+        calibrator = stored if args.calibration == "stored" else None
     extra = {}
     if args.shift:
         indices = list(dataset.indices) if hasattr(dataset, "indices") else None
         cals = comparison_calibrators(info, fitted, calibrator)
         extra["shift"] = run_shift(model, info, args, cfg, cals, indices, out)
     loader = data_loader(dataset, args)
-    metrics = evaluate_checkpoint(model, info, loader, out, cfg, calibrator, extra)
+    metrics = evaluate_checkpoint(models, info, loader, out, cfg, calibrator, extra)
     print(summary_text(metrics, out))
     return 0
 

@@ -128,25 +128,28 @@ def check_outputs(plans: list[OutputPlan], overwrite: bool) -> None:
             check_writable(path)
 
 
-def build_predictors(args, model, info, device):
+def build_predictors(args, models, infos, device):
     """(predictor for the video, predictor for the colour calibration pass)."""
     from ..inference.frames import FramePredictor, TemporalPredictor
     from ..uncertainty.checkpoint_calibration import checkpoint_calibrator
+    from ..uncertainty.ensemble import EnsembleSampler
     from ..uncertainty.sampler import MCSampler
 
-    opts = {
-        "memory_budget_mb": args.memory_budget_mb,
-        "seed": args.seed,
-        "calibrator": checkpoint_calibrator(info),
-    }
-    sampler = MCSampler(model, samples=args.mc_samples, **opts)
-    calib = FramePredictor(sampler, info["meta"], device)
+    opts = {"memory_budget_mb": args.memory_budget_mb, "seed": args.seed}
+    cals = [checkpoint_calibrator(i) for i in infos]
+    if len(models) > 1:
+        if args.temporal:
+            raise SeguncertError("--temporal takes one checkpoint, not an ensemble")
+        sampler = EnsembleSampler(models, args.mc_samples, calibrators=cals, **opts)
+    else:
+        sampler = MCSampler(models[0], samples=args.mc_samples, calibrator=cals[0], **opts)
+    calib = FramePredictor(sampler, infos[0]["meta"], device)
     if not args.temporal:
         return calib, calib
     from ..uncertainty.temporal import TemporalMC
 
-    temporal = TemporalMC(model, args.temporal, flow=args.flow, **opts)
-    return TemporalPredictor(temporal, info["meta"], device), calib
+    temporal = TemporalMC(models[0], args.temporal, flow=args.flow, calibrator=cals[0], **opts)
+    return TemporalPredictor(temporal, infos[0]["meta"], device), calib
 
 
 def view_settings(args, info, size, device) -> dict:
@@ -182,12 +185,13 @@ def main(argv=None) -> int:
     check_outputs([plans[i] for i in mine], args.overwrite)
     from ..inference.frames import check_memory
     from ..inference.video import probe_writer, render_source
-    from ..io.checkpoint import load_checkpoint
     from ..runtime.device import resolve_device
+    from ..uncertainty.ensemble import load_members
     from ..viz.panels import composed_size
 
     device = resolve_device(args.device, local_rank, what="--device")
-    model, info = load_checkpoint(args.checkpoint, map_location=device)
+    models, infos = load_members(args.checkpoint, device)  # one checkpoint or an ensemble
+    model, info = models[0], infos[0]
     view = view_settings(args, info, size, device)
     for i, hw in zip(mine, frame_sizes, strict=True):
         batch = check_memory(model, hw, view["batch"], args.memory_budget_mb, device)
@@ -196,7 +200,7 @@ def main(argv=None) -> int:
             view["batch"] = batch
         out_hw = composed_size(view["kind"], view["panels"], view["meta"], view["layout"], hw)
         probe_writer(plans[i].video, out_hw)
-    predict, calib = build_predictors(args, model, info, device)
+    predict, calib = build_predictors(args, models, infos, device)
     total, t0 = 0, time.perf_counter()
     for i in mine:
         done, fps = render_source(sources[i], plans[i], predict, calib, view)

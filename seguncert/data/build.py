@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from torch.utils.data import Subset
 
 from ..errors import ConfigError, DataError
@@ -57,6 +58,8 @@ def _depth(cfg, split: str) -> DepthDataset:
         size=_size(d.size),
         cache=d.cache,
         seed=cfg.train.seed,
+        scenes=d.scenes if split != d.train_split else None,
+        exclude_scenes=d.exclude_scenes if split == d.train_split else None,
     )
 
 
@@ -75,6 +78,17 @@ def _synthetic(cfg, split: str):
 
 
 BUILDERS = {"camvid": _camvid, "depth": _depth, "synthetic": _synthetic}
+
+
+def _fraction(ds, d, seed: int):
+    """A random ``data.train_fraction`` of the frames, the same for a seed (data-size studies)."""
+    if d.train_fraction > 1.0:
+        raise ConfigError(f"config key 'data.train_fraction' must be <= 1, got {d.train_fraction}")
+    if d.train_fraction == 1.0:
+        return ds
+    n = max(2, round(len(ds) * d.train_fraction))
+    keep = np.random.default_rng([seed, 7]).choice(len(ds), size=min(n, len(ds)), replace=False)
+    return Subset(ds, sorted(int(i) for i in keep))
 
 
 def _limit(ds, n: int | None, key: str):
@@ -139,7 +153,7 @@ def build_datasets(cfg):
     val_raw = builder(cfg, d.val_split)
     if len(train_raw) == 0 or len(val_raw) == 0:
         raise DataError(f"empty dataset: {len(train_raw)} train / {len(val_raw)} val samples")
-    train_ds = _limit(train_raw, d.limit_train, "data.limit_train")
+    train_ds = _fraction(_limit(train_raw, d.limit_train, "data.limit_train"), d, cfg.train.seed)
     val_ds = _limit(val_raw, d.limit_val, "data.limit_val")
 
     meta = dataset_meta(cfg)

@@ -84,6 +84,8 @@ class DepthDataset:
         size: (H, W) resize on load (image bilinear/area, depth nearest); None keeps native.
         cache: keep decoded frames in memory across epochs.
         scenes: restrict to these scene names (e.g. one scene as a short video).
+        exclude_scenes: leave out scenes whose name starts with any of these prefixes (a room
+            type: ``["basement"]`` holds basements out of training, for novelty studies).
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class DepthDataset:
         scenes=None,
         val_fraction=0.2,
         seed=0,
+        exclude_scenes=None,
     ):
         if encoding not in ENCODINGS:
             raise DataError(f"unknown depth encoding {encoding!r}; expected one of {ENCODINGS}")
@@ -121,6 +124,8 @@ class DepthDataset:
             if missing:
                 raise DataError(f"scene(s) not found in {self.root} ({split}): {sorted(missing)}")
             scene_dirs = [d for d in scene_dirs if d.name in wanted]
+        if exclude_scenes:
+            scene_dirs = [d for d in scene_dirs if not d.name.startswith(tuple(exclude_scenes))]
         self.frames = [f for d in scene_dirs for f in self._scene_frames(d)]
         if not self.frames:
             raise DataError(f"no depth frames found under {self.root} (split {split!r})")

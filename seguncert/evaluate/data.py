@@ -14,9 +14,13 @@ from ..errors import DataError, one_line
 from ..tasks import checkpoint_task
 
 
-def eval_config(info: dict, data_root: str | None):
-    """The checkpoint's resolved config with ``data.root`` replaced by ``data_root``."""
+def eval_config(info: dict, data_root: str | None, scenes: list[str] | None = None):
+    """The checkpoint's resolved config with ``data.root`` replaced by ``data_root``; depth data
+    restricted to ``scenes`` (whatever split they are in) when given."""
     cfg = config_from_dict(info.get("config") or {})
+    cfg.data.exclude_scenes = None  # a training-time filter
+    if scenes:
+        cfg.data.scenes, cfg.data.train_split = list(scenes), "\0"  # no split is "training"
     if data_root is not None:
         if not Path(data_root).is_dir():
             raise DataError(f"data root not found: {data_root}")
@@ -30,13 +34,18 @@ def eval_config(info: dict, data_root: str | None):
 
 
 def split_dataset(
-    info: dict, data_root: str | None, split: str, limit: int | None = None, wrap=None
+    info: dict,
+    data_root: str | None,
+    split: str,
+    limit: int | None = None,
+    wrap=None,
+    scenes: list[str] | None = None,
 ):
     """The evaluation dataset of ``split`` (eval transform, padded to a multiple of 32);
     ``wrap`` as in :func:`seguncert.data.build.build_split`."""
     from ..data.build import build_split
 
-    cfg = eval_config(info, data_root)
+    cfg = eval_config(info, data_root, scenes)
     meta = info.get("meta") or {}
     mean, std = meta.get("mean"), meta.get("std")
     try:

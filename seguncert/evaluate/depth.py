@@ -36,11 +36,17 @@ class DepthEval:
         self.sparse = Sparsification(self.maps, min_depth=lo, max_depth=hi)
         dist = "laplace" if depth_dist == "laplace" else "gaussian"
         self.nll = DepthNLL(dist, min_depth=lo, max_depth=hi)
+        self.sigma_sum = dict.fromkeys(("aleatoric", "epistemic", "total"), 0.0)
+        self.pixels = 0
 
     @torch.no_grad()
     def update(self, d: dict, target: torch.Tensor, valid: torch.Tensor) -> None:
         pred = d["depth"]
         self.metrics.update(pred, target, valid)
+        ok = valid.bool() & (target > 0)
+        self.pixels += int(ok.sum())
+        for m in self.sigma_sum:
+            self.sigma_sum[m] += float(d[f"{m}_var"][ok].double().clamp_min(0).sqrt().sum())
         self.sparse.update(pred, target, valid, {m: d[f"{m}_var"] for m in self.maps})
         self.nll.update(pred, d["total_var"], target, valid)
 
@@ -55,6 +61,8 @@ class DepthEval:
         for level, cov in zip(nll["levels"], nll["coverage"], strict=True):
             out[f"coverage_{round(100 * level)}"] = cov
         out["coverage_error"] = nll["coverage_error"]
+        for m, total in self.sigma_sum.items():  # mean predicted standard deviations (m)
+            out[f"mean_{m}_std"] = total / max(self.pixels, 1)
         out["sparsification"] = {k: sp[k] for k in ("fractions", "curves", "oracle")}
         return out
 

@@ -22,6 +22,7 @@ from ..metrics.novelty import NoveltyMetrics
 from ..models.base import has_active_dropout
 from ..runtime.progress import Progress
 from ..tasks import checkpoint_task
+from ..uncertainty.ensemble import EnsembleSampler
 from ..uncertainty.sampler import MCSampler
 from ..viz.overlays import colorize_labels
 from . import report
@@ -43,6 +44,12 @@ class EvalConfig:
     progress: bool = True
 
 
+def describe(calibrator) -> str:
+    if isinstance(calibrator, list):
+        return "; ".join(describe(c) for c in calibrator)
+    return calibrator.describe() if calibrator is not None else "none"
+
+
 def _crop(t: torch.Tensor, i: int, h: int, w: int) -> torch.Tensor:
     return t[i : i + 1, ..., :h, :w]
 
@@ -61,17 +68,19 @@ def _segmentation_example(image, o, label, meta, name) -> dict:
     }
 
 
-NOVELTY_MAPS = ("entropy", "aleatoric", "epistemic", "prob_var")
+NOVELTY_MAPS = ("entropy", "aleatoric", "epistemic", "prob_var", "epistemic_members")
 
 
 class SplitEval:
     """The metric sets of one checkpoint's task, fed one cropped image at a time."""
 
-    def __init__(self, task, meta: DatasetMeta, spec: dict, cfg: EvalConfig) -> None:
+    def __init__(self, task, meta: DatasetMeta, spec: dict, cfg: EvalConfig, members: int = 1):
         self.task, self.meta, self.cfg = task, meta, cfg
         c = len(meta.class_names)
         hetero = bool(spec.get("heteroscedastic"))
-        self.seg = SegmentationEval(c, cfg.n_bins, hetero) if task.segmentation else None
+        extra = ("noise_aleatoric",) if hetero and cfg.noise_samples > 0 else ()
+        extra += ("epistemic_members", "epistemic_dropout") if members > 1 else ()
+        self.seg = SegmentationEval(c, cfg.n_bins, hetero, extra) if task.segmentation else None
         self.depth = DepthEval(meta, spec.get("depth_dist")) if task.depth else None
         self.seg_rows, self.depth_examples = [], DepthExamples(cfg.examples, meta)
         self.novelty = None  # created when the frames carry an "ood" mask
@@ -97,14 +106,25 @@ class SplitEval:
 
     def _novelty(self, o: dict, ood, label) -> None:
         """OOD pixels vs labelled in-distribution pixels, for every map and max probability."""
-        maps = {"max_prob": 1.0 - o["probs"].max(1).values, **{k: o[k] for k in NOVELTY_MAPS}}
+        maps = {"max_prob": 1.0 - o["probs"].max(1).values}
+        maps.update({k: o[k] for k in NOVELTY_MAPS if k in o})
         if self.novelty is None:
             log_c = math.log(len(self.meta.class_names))
             ranges = {"max_prob": (0.0, 1.0), "prob_var": (0.0, 0.25)}
-            ranges.update({k: (0.0, log_c) for k in ("entropy", "aleatoric", "epistemic")})
+            nats = ("entropy", "aleatoric", "epistemic", "epistemic_members")
+            ranges.update({k: (0.0, log_c) for k in nats})
             self.novelty = NoveltyMetrics(list(maps), ranges=ranges)
+            self.novelty_sums = {k: [0.0, 0.0] for k in maps}  # map sums on OOD, ID pixels
+            self.novelty_counts = [0, 0]
         device = maps["max_prob"].device
-        self.novelty.update(maps, ood.to(device), (label != 255).to(device))
+        ood, ind = ood.to(device), (label != 255).to(device)
+        self.novelty.update(maps, ood, ind)
+        ind = ind & ~ood
+        self.novelty_counts[0] += int(ood.sum())
+        self.novelty_counts[1] += int(ind.sum())
+        for k, v in maps.items():
+            self.novelty_sums[k][0] += float(v[ood].double().sum())
+            self.novelty_sums[k][1] += float(v[ind].double().sum())
 
     def compute(self) -> tuple[dict, list[dict]]:
         metrics, rows = {}, []
@@ -112,8 +132,16 @@ class SplitEval:
             metrics, rows = self.seg.compute(self.meta.class_names)
         if self.novelty is not None:
             nov = self.novelty.compute()
+            n_ood, n_id = (max(c, 1) for c in self.novelty_counts)
             table = [
-                {"map": k, "auroc": v["auroc"], "ap": v["ap"], "fpr95": v["fpr95"]}
+                {
+                    "map": k,
+                    "auroc": v["auroc"],
+                    "ap": v["ap"],
+                    "fpr95": v["fpr95"],
+                    "mean_ood": self.novelty_sums[k][0] / n_ood,
+                    "mean_id": self.novelty_sums[k][1] / n_id,
+                }
                 for k, v in nov["maps"].items()
             ]
             metrics["novelty"] = {**{k: v for k, v in nov.items() if k != "maps"}, "table": table}
@@ -136,6 +164,22 @@ def stream_split(sampler, loader, evals: SplitEval, device, cfg: EvalConfig) -> 
                 bar.update(1, images=1)
 
 
+def make_sampler(models, cfg: EvalConfig, calibrator=None):
+    """An MCSampler for one model, an EnsembleSampler (T samples per member) for several;
+    ``calibrator`` is one calibrator for all, or a list with one per member."""
+    models = list(models) if isinstance(models, (list, tuple)) else [models]
+    opts = {
+        "memory_budget_mb": cfg.memory_budget_mb,
+        "seed": cfg.seed,
+        "noise_samples": cfg.noise_samples,
+    }
+    if len(models) == 1:
+        cal = calibrator[0] if isinstance(calibrator, list) else calibrator
+        return MCSampler(models[0], cfg.mc_samples, calibrator=cal, **opts)
+    cals = calibrator if isinstance(calibrator, list) else [calibrator] * len(models)
+    return EnsembleSampler(models, cfg.mc_samples, calibrators=cals, **opts)
+
+
 def evaluate_checkpoint(
     model, info: dict, loader, out_dir, cfg=None, calibrator=None, extra: dict | None = None
 ) -> dict:
@@ -143,22 +187,19 @@ def evaluate_checkpoint(
     of ``loader``; write the report into ``out_dir``; return the metrics (= metrics.json, NaN
     there as null). ``calibrator`` (see :mod:`seguncert.uncertainty.calibrators`) acts on every
     MC sample's logits; None evaluates the raw model. ``extra`` sections (shift study,
-    calibration fit) are added to metrics.json and the HTML report."""
+    calibration fit) are added to metrics.json and the HTML report. ``model`` may be a list of
+    ensemble members (T samples each; ``calibrator`` then one per member or shared)."""
     cfg = cfg or EvalConfig()
+    members = list(model) if isinstance(model, (list, tuple)) else [model]
+    model = members[0]
     device = next(model.parameters()).device
     task = checkpoint_task(info)
     meta = DatasetMeta.from_dict(info.get("meta") or {})
     spec = getattr(model, "spec", None) or info.get("model_spec") or {}
-    sampler = MCSampler(
-        model,
-        cfg.mc_samples,
-        cfg.memory_budget_mb,
-        seed=cfg.seed,
-        noise_samples=cfg.noise_samples,
-        calibrator=calibrator,
-    )
-    evals = SplitEval(task, meta, spec, cfg)
-    model.eval()
+    sampler = make_sampler(members, cfg, calibrator)
+    evals = SplitEval(task, meta, spec, cfg, len(members))
+    for m in members:
+        m.eval()
     stream_split(sampler, loader, evals, device, cfg)
     if evals.images == 0:
         raise DataError(f"split {cfg.split!r} has no images to evaluate")
@@ -168,9 +209,10 @@ def evaluate_checkpoint(
         "num_images": evals.images,
         "mc_samples": int(cfg.mc_samples),
         "mc_samples_run": int(cfg.mc_samples) if has_active_dropout(model) else 1,
+        "members": len(members),
         "noise_samples": int(cfg.noise_samples),
         "n_bins": int(cfg.n_bins),
-        "calibration": calibrator.describe() if calibrator is not None else "none",
+        "calibration": describe(calibrator),
         "checkpoint": info.get("sidecar_path"),
     }
     task_metrics, rows = evals.compute()

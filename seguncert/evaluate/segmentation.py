@@ -18,6 +18,9 @@ from ..metrics.quality import PAvPU, UncertaintyQuality
 from ..metrics.segmentation import ConfusionMatrix
 
 SEG_MAPS = ("entropy", "aleatoric", "epistemic", "prob_var")
+# Maps some samplers add (nats): the learned noise's share of the aleatoric entropy (S > 0) and
+# the split of the epistemic part between ensemble members and dropout samples.
+EXTRA_MAPS = ("noise_aleatoric", "epistemic_members", "epistemic_dropout")
 PAVPU_DEFAULT_MAP = "epistemic"
 PAVPU_STEPS = 2048
 PAVPU_ZOOM = 256
@@ -36,12 +39,8 @@ def seg_ranges(num_classes: int) -> dict:
     """Linear ranges of the bounded maps, for PAvPU thresholds in the maps' own units (the
     learned logit variance is unbounded: None, squashed by the metric)."""
     log_c = math.log(num_classes)
-    return {
-        "entropy": (0.0, log_c),
-        "aleatoric": (0.0, log_c),
-        "epistemic": (0.0, log_c),
-        "prob_var": (0.0, 0.25),  # a probability's variance is at most 1/4
-    }
+    nats = ("entropy", "aleatoric", "epistemic", *EXTRA_MAPS)
+    return {**dict.fromkeys(nats, (0.0, log_c)), "prob_var": (0.0, 0.25)}  # var <= 1/4
 
 
 EPS = 1e-10  # smallest distance from a bound that the ranking histograms resolve
@@ -88,9 +87,11 @@ class SegmentationEval:
     """Confusion matrix, calibration, error detection (AUROC/AUPR/AURC, precision curves),
     PAvPU and per-class table sums over every labelled pixel of a split."""
 
-    def __init__(self, num_classes: int, n_bins: int, heteroscedastic: bool) -> None:
+    def __init__(
+        self, num_classes: int, n_bins: int, heteroscedastic: bool, extra: tuple = ()
+    ) -> None:
         c = self.num_classes = num_classes
-        self.maps = SEG_MAPS + (("logit_var",) if heteroscedastic else ())
+        self.maps = SEG_MAPS + (("logit_var",) if heteroscedastic else ()) + tuple(extra)
         ranks = rank_ranges(c, self.maps)
         self.bounds = {k: hi for k, (_, hi) in seg_ranges(c).items()}
         self.cm = ConfusionMatrix(c)

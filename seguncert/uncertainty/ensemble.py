@@ -42,6 +42,16 @@ def check_members(infos: list[dict]) -> None:
                 )
 
 
+def load_members(path, device="cpu") -> tuple[list, list[dict]]:
+    """(models, sidecars) of one checkpoint, or of every member of an ensemble folder."""
+    from ..io.checkpoint import ensemble_members, load_checkpoint
+
+    loaded = [load_checkpoint(p, map_location=device) for p in ensemble_members(path)]
+    infos = [i for _, i in loaded]
+    check_members(infos)
+    return [m for m, _ in loaded], infos
+
+
 class EnsembleSampler:
     """Fused maps of M members x T MC-dropout samples; the same call and output as MCSampler,
     plus ``epistemic_members`` / ``epistemic_dropout`` (segmentation) or

@@ -177,3 +177,40 @@ def test_only_the_evaluated_split_is_needed(tmp_path):
              tmp_path / "o", "--mc-samples", "2", "--no-progress"], cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["num_images"] == 2
+
+
+def test_shift_novelty_and_html_sections(checkpoint, tmp_path):
+    """--calibrate + --shift + --ood-paste in one evaluation: every calibrator under every
+    corruption and severity, novelty per map, both in metrics.json and report.html."""
+    out = tmp_path / "eval"
+    r = run([EVALUATE, "--checkpoint", checkpoint, "--out", out, "--mc-samples", "2",
+             "--limit", "3", "--calibrate", "temperature", "--shift", "gaussian_noise,fog",
+             "--severities", "1,3", "--ood-paste", "0", "--no-progress", "--examples", "1"],
+            cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    shift = json.loads((out / "shift.json").read_text())
+    settings = {(x["corruption"], x["severity"]) for x in shift["rows"]}
+    assert settings == {("clean", 0), ("gaussian_noise", 1), ("gaussian_noise", 3), ("fog", 1),
+                        ("fog", 3)}  # fmt: skip
+    assert {x["calibrator"] for x in shift["rows"]} == {"identity", "temperature"}
+    noisy = [x for x in shift["rows"] if x["corruption"] == "gaussian_noise"]
+    assert all(0 <= x["ece"] <= 1 for x in noisy)
+    m = json.loads((out / "metrics.json").read_text())
+    assert {x["map"] for x in m["novelty"]["table"]} >= {"max_prob", "entropy", "epistemic"}
+    assert m["novelty"]["n_ood"] > 0
+    assert m["shift"]["severities"] == [1, 3] and (out / "shift.png").stat().st_size > 1000
+    html = (out / "report.html").read_text()
+    assert "Under corruption" in html and "Novelty detection" in html
+
+
+def test_an_ensemble_folder_is_one_checkpoint(tmp_path):
+    cfg = REPO / "configs" / "synthetic_demo.yaml"
+    r = run([TRAIN, "--config", cfg, "--out", tmp_path / "ens", "--members", "2", *TINY],
+            cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "ens" / "member_1" / "best.json").is_file()
+    r = run([EVALUATE, "--checkpoint", tmp_path / "ens", "--out", tmp_path / "e",
+             "--mc-samples", "2", "--limit", "2", "--no-progress"], cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert m["members"] == 2 and "epistemic_members" in m["uncertainty"]
