@@ -26,9 +26,16 @@ from seguncert.data.camvid import CamVidDataset
 from seguncert.data.corruptions import CORRUPTIONS
 from seguncert.data.transforms import build_eval_transform
 from seguncert.errors import run_cli
-from seguncert.evaluate.calibration import ALL_KINDS, collect, select
+from seguncert.evaluate.calibration import (
+    ALL_KINDS,
+    collect,
+    collect_families,
+    fit_augmented,
+    select,
+)
 from seguncert.evaluate.run import EvalConfig
 from seguncert.evaluate.shift import CorruptedFrames, score_calibrators
+from seguncert.evaluate.shift_families import HOLDOUT_GROUPS, holdout_group
 from seguncert.io.checkpoint import load_checkpoint
 
 KEYS = (
@@ -52,6 +59,14 @@ def parse_args(argv=None):
     p.add_argument("--kinds", default="all")
     p.add_argument("--corruptions", default="all")
     p.add_argument("--severity", type=int, default=3)
+    p.add_argument(
+        "--augment",
+        default="selected",
+        help="kinds also fitted shift-augmented (KIND+shift; leave-family-out under shift; "
+        "'selected': the kind chosen on clean frames, as evaluate.py --calibration-shift); "
+        "'none' for none",
+    )
+    p.add_argument("--score-stride", type=int, default=1, help="score every k-th frame")
     p.add_argument("--out", help="write the full results as JSON here")
     add_common_args(p, repeats=1)
     return p.parse_args(argv)
@@ -65,15 +80,34 @@ def halves(n: int, quick: bool) -> list[tuple[range, range]]:
     return [(a, b), (b, a)]
 
 
-def run_fold(model, raw, tf, fit_ids, score_ids, cfg, kinds, weights, corruptions, severity):
+def augmented(model, raw, tf, fit_ids, clean, cfg, kinds: dict, weights) -> dict:
+    """{(name, held-out group or None): calibrator fitted on clean + corrupted copies of the
+    families outside the group}; ``kinds`` maps a row name to its calibrator kind."""
+    if not kinds:
+        return {}
+    families = collect_families(model, raw, cfg, tf, fit_ids)
+    groups = {None: (), **HOLDOUT_GROUPS}
+    return {
+        (name, g): fit_augmented(kind, clean, families, weights, cfg, exclude=groups[g])
+        for name, kind in kinds.items()
+        for g in groups
+    }
+
+
+def run_fold(model, raw, tf, ids, cfg, kinds, weights, corruptions, severity, aug_kinds):
+    fit_ids, score_ids = ids
     fit_set = Subset(CorruptedFrames(raw, "clean", 0, 0, tf), fit_ids)
     pixels, crops = collect(model, fit_set, cfg)
     best, table, fitted = select(kinds, pixels, crops, weights, cfg, refit=False)
+    named = {k: best.kind if k == "selected" else k for k in aug_kinds}
+    aug = augmented(model, raw, tf, fit_ids, (pixels, crops), cfg, named, weights)
     res = {"selected": best.kind, "selection": table}
     for name in ["clean", *corruptions]:
         sev = 0 if name == "clean" else severity
+        held_out = None if name == "clean" else holdout_group(name)  # families left out
+        cals = {**fitted, **{f"{k}+shift": aug[(k, held_out)] for k in aug_kinds}}
         frames = Subset(CorruptedFrames(raw, name, sev, cfg.seed, tf), score_ids)
-        res[name] = score_calibrators(model, frames, fitted, cfg, f"{name} {sev}")
+        res[name] = score_calibrators(model, frames, cals, cfg, f"{name} {sev}")
     return res
 
 
@@ -141,6 +175,7 @@ def main(argv=None) -> int:
     )
     if args.quick:
         corruptions = corruptions[:2]
+    aug_kinds = [] if args.augment == "none" else args.augment.split(",")
     results, summary = {}, {"bench": "calibration_study", "checkpoint": args.checkpoint}
     for s in (int(v) for v in args.noise.split(",")):
         cfg = EvalConfig(mc_samples=args.mc_samples, noise_samples=s, seed=args.seed)
@@ -149,13 +184,13 @@ def main(argv=None) -> int:
                 model,
                 raw,
                 tf,
-                a,
-                b,
+                (a, b[:: args.score_stride]),
                 cfg,
                 kinds,
                 meta.get("class_weights"),
                 corruptions,
                 args.severity,
+                aug_kinds,
             )
             for a, b in halves(len(raw), args.quick)
         ]

@@ -56,6 +56,7 @@ from seguncert.uncertainty.sampler import MCSampler
 
 PRESETS = ("classifier", "decoder", "central", "all")
 TARGETS_T20 = {"classifier": 1.5, "decoder": 5.0}  # ours, x one deterministic pass, on CPU
+NAIVE_SHARE_T20 = {"central": 0.8, "decoder": 0.8}  # ours <= share x naive (others: <= naive)
 
 
 def stacked_maps(probs: torch.Tensor, log_vars: torch.Tensor | None) -> dict:
@@ -118,7 +119,7 @@ def budget_check(model, x: torch.Tensor, samples: int, seed: int) -> dict:
     """A one-sample-per-chunk budget must give the same maps as an unbounded one. (The first
     call of a shape runs sample 1 alone to measure it, so the big budget's last chunk is T-1.)"""
     small = MCSampler(model, samples=samples, memory_budget_mb=1e-3, seed=seed)
-    big = MCSampler(model, samples=samples, memory_budget_mb=1e9, seed=seed)
+    big = MCSampler(model, samples=samples, memory_budget_mb=1e9, seed=seed, cpu_chunk_mb=1e9)
     a, b = small(x), big(x)
     diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a if k != "pred")
     for k in a:
@@ -299,9 +300,14 @@ def main() -> int:
                 targets[f"{pr}_le_{limit:g}x"] = ok
                 print(f"  {verdict(ok)}  {pr}: {ratio_t20[pr]['ours']:.2f}x <= {limit:g}x")
         for pr, r in ratio_t20.items():
-            ok = r["ours"] <= r["naive"]
-            targets[f"{pr}_ours_le_naive"] = ok
-            print(f"  {verdict(ok)}  {pr}: ours {r['ours']:.2f}x <= naive {r['naive']:.2f}x")
+            for share in sorted({1.0, NAIVE_SHARE_T20.get(pr, 1.0)}, reverse=True):
+                ok = r["ours"] <= share * r["naive"]
+                name = "naive" if share == 1.0 else f"{share:g}_naive"
+                targets[f"{pr}_ours_le_{name}"] = ok
+                bound = f"{share:g} x naive {share * r['naive']:.2f}x" if share < 1 else "naive"
+                print(
+                    f"  {verdict(ok)}  {pr}: ours {r['ours']:.2f}x <= {bound} ({r['naive']:.2f}x)"
+                )
     summary = {
         "bench": "mc_inference",
         "device": device_label(device),

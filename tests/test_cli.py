@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ("train", "evaluate", "infer", "demo")
+COMMANDS = ("train", "evaluate", "infer", "demo", "select_frames")
+
+
+def command(tool: str) -> str:
+    return "seguncert-" + tool.replace("_", "-")
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -20,7 +24,7 @@ def test_tool_wrapper_runs_the_package_tool(name):
     r = subprocess.run([sys.executable, str(REPO / "tools" / f"{name}.py"), "--help"],
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr[-1000:]
-    assert f"usage: seguncert-{name}" in r.stdout
+    assert f"usage: {command(name)}" in r.stdout
 
 
 def test_setup_cfg_declares_them():
@@ -28,7 +32,18 @@ def test_setup_cfg_declares_them():
     cfg.read(REPO / "setup.cfg")
     scripts = cfg["options.entry_points"]["console_scripts"]
     for name in COMMANDS:
-        assert f"seguncert-{name} = seguncert.cli:{name}" in scripts
+        assert f"{command(name)} = seguncert.cli.commands:{name}" in scripts
+
+
+def test_tool_modules_are_not_shadowed_by_the_console_functions():
+    """``from seguncert.cli import infer`` must be the tool module (the demo calls its main)."""
+    import importlib
+
+    import seguncert.cli as cli
+
+    for name in COMMANDS:
+        importlib.import_module(f"seguncert.cli.{name}")
+        assert callable(getattr(getattr(cli, name), "main", None)), name
 
 
 @pytest.mark.slow
@@ -46,11 +61,11 @@ def test_commands_work_from_a_regular_install(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(target))
     away = tmp_path / "elsewhere"
     away.mkdir()
-    for name in ("train", "evaluate", "infer"):
-        r = subprocess.run([str(target / "bin" / f"seguncert-{name}"), "--help"], cwd=away,
+    for name in ("train", "evaluate", "infer", "select_frames"):
+        r = subprocess.run([str(target / "bin" / command(name)), "--help"], cwd=away,
                            env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
         assert r.returncode == 0, r.stderr[-1000:]
-        assert f"usage: seguncert-{name}" in r.stdout
+        assert f"usage: {command(name)}" in r.stdout
     probe = "import seguncert, sys; print(seguncert.__file__)"
     r = subprocess.run([sys.executable, "-c", probe], cwd=away, env=env, capture_output=True,
                        text=True)  # fmt: skip

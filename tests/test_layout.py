@@ -86,8 +86,11 @@ def test_cycle_finder_finds_a_cycle():
 
 
 @pytest.mark.parametrize(
-    "room, other", [("seguncert.train.fit", "seguncert.evaluate"),
-                    ("seguncert.evaluate.run", "seguncert.train")]  # fmt: skip
+    "room, other",
+    [
+        ("seguncert.train.fit", "seguncert.evaluate"),
+        ("seguncert.evaluate.run", "seguncert.train"),
+    ],  # fmt: skip
 )
 def test_training_and_evaluation_import_on_their_own(room, other):
     code = f"import sys, {room}; print(sorted(m for m in sys.modules if m.startswith('{other}')))"

@@ -8,8 +8,13 @@ Steps (outputs under demo_out/, which git ignores):
      (1 to 5) on frames 20-39, an animal standing on the road from frame 40 on;
   3. run tools/infer.py on it with MC dropout (T=8): demo_out/overlay.mp4, overlay.csv and
      overlay_sheet.png;
-  4. print the paths. --readme-image PATH also writes a downscaled copy of the contact sheet
-     (PNG of at most 300 KB) for the README.
+  4. print the paths, then what the maps show: the model's val mIoU ("best miou X"), the
+     animal's per-pixel AUROC / FPR95 under the epistemic map (and which map finds it best)
+     and under the novelty map (the feature density, fitted on the training frames right
+     after training), and the fog/clear ratio of the mean epistemic value
+     (seguncert.cli.demo_scores).
+     --readme-image PATH also writes a downscaled copy of the contact sheet (PNG of at most
+     300 KB) for the README.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ def train(cfg, run_dir: Path, retrain: bool) -> None:
     if not retrain and marker.is_file() and (run_dir / "best.json").is_file():
         if json.loads(marker.read_text()).get("config_sha256") == digest:
             print(f"[1/4] reusing the trained model in {run_dir} (same config)")
+            fit_density(run_dir)
             return
     marker.unlink(missing_ok=True)  # a retrain that dies half-way must not look finished
     print(f"[1/4] training the demo model into {run_dir} (about 3 minutes on 2 cores)")
@@ -59,7 +65,25 @@ def train(cfg, run_dir: Path, retrain: bool) -> None:
 
     summary = fit(cfg, run_dir, overwrite=True)
     done = {"config_sha256": digest, "best_metric": summary.get("best_metric")}
+    fit_density(run_dir)
     atomic_write_bytes(marker, json.dumps(done).encode())
+
+
+def fit_density(run_dir: Path) -> None:
+    """Fit the feature-density novelty map on the demo's training frames, unless the checkpoint
+    already holds one fitted on its current weights at the default feature level."""
+    from ..evaluate.density_fit import DEFAULT_STAGES, fit_checkpoint_density
+    from ..io.checkpoint import load_checkpoint
+    from ..uncertainty.feature_density import resolve_stages
+
+    model, info = load_checkpoint(run_dir)
+    entry = info.get("feature_density") or {}
+    stored = entry.get("file") and (run_dir / entry["file"]).is_file()
+    same = entry.get("stages") == resolve_stages(model, DEFAULT_STAGES)
+    if stored and same and entry.get("weights_sha256") == info["weights_sha256"]:
+        return
+    entry = fit_checkpoint_density(model, info, progress=False)
+    print(f"      feature density fitted on {entry['pixels']} pixels of {entry['frames']} frames")
 
 
 def fog_severity(f: int) -> dict:
@@ -68,24 +92,28 @@ def fog_severity(f: int) -> dict:
     return {"fog": 1 + (f - FOG_FRAMES.start) * 5 // len(FOG_FRAMES)}
 
 
-def render_video(path: Path) -> None:
+def render_video(path: Path) -> list[dict]:
+    """Write the demo drive to ``path``; returns the rendered samples (image, ood mask...)."""
     from ..data.synthetic import render_sequence
 
     print(
         f"[2/4] rendering {N_FRAMES} frames ({SIZE[0]}x{SIZE[1]}, fog on frames "
         f"{FOG_FRAMES.start}-{FOG_FRAMES.stop - 1}, animal from frame {OOD_FROM}) -> {path}"
     )
-    frames = render_sequence(
-        N_FRAMES,
-        size=SIZE,
-        seed=SEED,
-        fps=FPS,
-        shifts=fog_severity,
-        ood_frames=range(OOD_FROM, N_FRAMES),
+    frames = list(
+        render_sequence(
+            N_FRAMES,
+            size=SIZE,
+            seed=SEED,
+            fps=FPS,
+            shifts=fog_severity,
+            ood_frames=range(OOD_FROM, N_FRAMES),
+        )
     )
     with AtomicVideoWriter(path, FPS, SIZE) as vw:
         for sample in frames:
             vw.write(sample["image"])
+    return frames
 
 
 def readme_image(sheet: Path, dest: Path) -> None:
@@ -120,17 +148,24 @@ def main(argv=None) -> int:
     out = Path(args.out)
     run_dir, video = out / "model", out / "drive.mp4"
     train(cfg, run_dir, args.retrain)
-    render_video(video)
+    frames = render_video(video)
     overlay = out / "overlay.mp4"
     print(f"[3/4] MC dropout inference (T={args.mc_samples})")
-    from . import infer
+    from .infer import main as infer_main
 
     infer_args = ["--checkpoint", str(run_dir), "--input", str(video), "--out", str(overlay)]
-    infer.main([*infer_args, "--mc-samples", str(args.mc_samples), "--overwrite"])
+    infer_main([*infer_args, "--mc-samples", str(args.mc_samples), "--overwrite"])
     sheet = overlay.with_name("overlay_sheet.png")
     print(f"[4/4] overlay video: {overlay}")
     print(f"      contact sheet: {sheet}")
     print(f"      per-frame statistics: {overlay.with_suffix('.csv')}")
     if args.readme_image:
         readme_image(sheet, Path(args.readme_image))
+    from ..data.synthetic import FrameParams
+    from .demo_scores import demo_scores, summary_lines
+
+    ood = range(OOD_FROM, N_FRAMES)
+    scores = demo_scores(run_dir, frames, FOG_FRAMES, ood, args.mc_samples)
+    for line in summary_lines(scores, FrameParams.from_seed(SEED).ood_species):
+        print(line)
     return 0

@@ -20,6 +20,9 @@ sidecar and evaluates with it. The calibration frames are --calibration-split (d
 evaluated split); when that is the evaluated split, the first --calibration-fraction of its
 frames (default 0.5) calibrate and only the rest are scored, so no frame is both. Without
 --calibrate, the calibrator stored in the sidecar is applied (--calibration none: raw model).
+--calibration-shift refits the chosen kind on the calibration frames plus one corrupted copy
+of each per corruption family (noise, blur, weather, digital; 5x the fitting passes): its
+probabilities then stay calibrated under degraded inputs (figures in docs/benchmarks.md).
 
 Shift and novelty: --shift CORRUPTIONS scores the raw model and every calibrator (all fitted
 ones with --calibrate, else the stored one) on the scored frames under each corruption and
@@ -53,6 +56,11 @@ FLAGS = [  # (flag, argparse keywords, help)
     ("--calibrate", dict(metavar="KINDS"), "fit calibrators (comma list or all), see above"),
     ("--calibration-split", dict(metavar="SPLIT"), "frames the calibrators are fitted on"),
     (
+        "--calibration-shift",
+        dict(action="store_true"),
+        "refit the chosen calibrator on the frames plus corrupted copies (robust under shift)",
+    ),
+    (
         "--calibration-fraction",
         dict(type=float, default=0.5, metavar="F"),
         "share of the split that calibrates when it is also evaluated (default 0.5)",
@@ -74,6 +82,12 @@ FLAGS = [  # (flag, argparse keywords, help)
         dict(type=int, metavar="SEED"),
         "paste out-of-distribution objects on the road of every scored frame (seeded) and report "
         "novelty detection (AUROC, AP, FPR95) of every map",
+    ),
+    (
+        "--fit-density",
+        dict(type=int, nargs="?", const=0, metavar="FRAMES"),
+        "fit the feature-density novelty map on the checkpoint's training split (FRAMES evenly "
+        "spaced frames; all without a number), store it beside the checkpoint, then evaluate",
     ),
     ("--scenes", dict(metavar="NAMES"), "depth data: evaluate only these scenes (comma list)"),
     ("--memory-budget-mb", dict(type=float, metavar="MB"), "bound on one MC suffix batch"),
@@ -101,10 +115,12 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.examples < 0 or args.workers < 0 or args.noise_samples < 0:
         p.error("--examples, --workers and --noise-samples must be >= 0")
+    if args.fit_density is not None and args.fit_density < 0:
+        p.error("--fit-density FRAMES must be >= 0 (0 or no number: every frame)")
     if not 0 < args.calibration_fraction < 1:
         p.error("--calibration-fraction must be between 0 and 1")
-    if args.calibration_split and not args.calibrate:
-        p.error("--calibration-split needs --calibrate")
+    if (args.calibration_split or args.calibration_shift) and not args.calibrate:
+        p.error("--calibration-split and --calibration-shift need --calibrate")
     return args
 
 
@@ -186,6 +202,28 @@ def comparison_calibrators(info, fitted: dict | None, chosen) -> dict:
     return out
 
 
+def fit_density(model, info: dict, args, members: int) -> None:
+    """--fit-density: fit on the training split and store it (only the sidecar's
+    feature_density entry changes; the calibration stays as it is)."""
+    from ..evaluate.density_fit import fit_checkpoint_density
+
+    if members > 1:
+        raise SeguncertError("--fit-density takes one checkpoint, not an ensemble")
+    entry = fit_checkpoint_density(
+        model,
+        info,
+        args.data_root,
+        args.fit_density or None,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        seed=args.seed,
+    )
+    print(
+        f"feature density: {entry['pixels']} pixels of {entry['frames']} {entry['split']} "
+        f"frames -> {entry['file']}"
+    )
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     ckpt = Path(args.checkpoint)
@@ -206,6 +244,8 @@ def main(argv=None) -> int:
     model, info = models[0], infos[0]
     if len(models) > 1 and (args.calibrate or args.shift):
         raise SeguncertError("--calibrate and --shift take one checkpoint, not an ensemble")
+    if args.fit_density is not None:
+        fit_density(model, info, args, len(models))
     cfg = eval_settings(args, info)
     wrap = None
     if args.ood_paste is not None:

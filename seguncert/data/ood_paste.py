@@ -96,8 +96,12 @@ def _shadow(img: np.ndarray, covered: np.ndarray, sprite: Sprite, r0: int, c0: i
     """Darken the road in a blurred ellipse under the object's footprint, in place."""
     core = sprite.alpha > 0.5
     rows = np.flatnonzero(core.any(1))
+    if rows.size == 0:  # a sprite with no solid pixel casts no shadow
+        return
     low = core[max(rows[0], int(sprite.ground - 0.15 * (sprite.ground - rows[0]))) :]
     cols = np.flatnonzero(low.any(0))
+    if cols.size == 0:  # footprint rows below the solid part (thin top-heavy shapes): use all
+        cols = np.flatnonzero(core.any(0))
     rx = 0.6 * (cols[-1] - cols[0] + 1) / 2 + 1.0
     ry = max(1.5, 0.25 * rx)
     cx, cy = c0 + (cols[0] + cols[-1]) / 2, r0 + sprite.ground - 0.3 * ry

@@ -4,7 +4,10 @@ Frames: the calibration frames are split in order (video frames are correlated, 
 split would leak) into a fitting part (the first 2/3) and a selection part (the rest). Every
 requested kind is fitted on the first, scored by the NLL of the calibrated MC predictive on the
 second, and the lowest wins; it is then refitted on all calibration frames and stored in the
-checkpoint sidecar (``calibration``, with the selection table in ``calibration_fit``).
+checkpoint sidecar (``calibration``, with the selection table in ``calibration_fit``). With
+``--calibration-shift`` the chosen kind is refitted on the calibration frames plus one corrupted
+copy of each per corruption family (:mod:`~seguncert.evaluate.shift_families`), which keeps its
+confidence honest under degraded inputs at a small cost on clean ones (docs/benchmarks.md).
 
 Data per image: the T MC samples' logits (and learned logit log-variance) at
 :data:`PIXELS_PER_IMAGE` random labelled pixels, for the pixel-wise kinds, and one random
@@ -26,6 +29,7 @@ from ..uncertainty.calibrator_fit import fit_calibrator, predictive_nll
 from ..uncertainty.calibrators import KINDS
 from ..uncertainty.checkpoint_calibration import checkpoint_calibrator
 from ..uncertainty.sampler import MCSampler
+from .shift_families import FAMILIES, FamilyCorruptions
 
 ALL_KINDS = (
     "temperature",
@@ -36,6 +40,7 @@ ALL_KINDS = (
     "local_temperature",
 )
 PIXELS_PER_IMAGE = 2048
+SHIFT_COPY_PIXELS = 512  # per corrupted copy: 4 families add as many pixels as the clean frame
 CROP = 48
 MAX_ITER = 60  # L-BFGS iterations per fit: the parametric kinds converge well before
 FIT_SHARE = 2 / 3
@@ -60,12 +65,14 @@ def split_in_order(dataset, fraction: float):
     return Subset(dataset, range(k)), Subset(dataset, range(k, n))
 
 
-def _sample_image(out: dict, label: torch.Tensor, g: torch.Generator) -> tuple[dict, dict]:
-    """(pixel batch, crop batch) from one image's per-sample logits (T, 1, C, H, W)."""
+def _sample_image(
+    out: dict, label: torch.Tensor, g: torch.Generator, n_pixels: int = PIXELS_PER_IMAGE
+) -> tuple[dict, dict]:
+    """(pixel batch of ``n_pixels``, crop batch) from one image's logits (T, 1, C, H, W)."""
     z, lv = out["logits"], out.get("logit_log_var")
     h, w = label.shape[-2:]
     idx = torch.nonzero(label.reshape(-1) != 255).squeeze(1)
-    pick = idx[torch.randperm(idx.numel(), generator=g)[:PIXELS_PER_IMAGE]]
+    pick = idx[torch.randperm(idx.numel(), generator=g)[:n_pixels]]
 
     def pixels(t):
         return t.reshape(*t.shape[:3], h * w)[..., pick].unsqueeze(3)
@@ -85,7 +92,7 @@ def _sample_image(out: dict, label: torch.Tensor, g: torch.Generator) -> tuple[d
 
 
 @torch.inference_mode()
-def collect(model, dataset, cfg) -> tuple[list[dict], list[dict]]:
+def collect(model, dataset, cfg, n_pixels: int = PIXELS_PER_IMAGE) -> tuple[list, list]:
     """Per-image pixel and crop batches of the MC samples' raw logits (see the module doc)."""
     device = next(model.parameters()).device
     sampler = MCSampler(
@@ -98,7 +105,7 @@ def collect(model, dataset, cfg) -> tuple[list[dict], list[dict]]:
         h, w = (int(v) for v in s["orig_size"])
         out = sampler(s["image"][None].to(device))
         out = {k: out[k][..., :h, :w].cpu() for k in ("logits", "logit_log_var") if k in out}
-        p, c = _sample_image(out, s["label"][:h, :w][None], g)
+        p, c = _sample_image(out, s["label"][:h, :w][None], g, n_pixels)
         pixels.append(p)
         crops.append(c)
     return pixels, crops
@@ -107,7 +114,11 @@ def collect(model, dataset, cfg) -> tuple[list[dict], list[dict]]:
 def _fit(kind, pixels, crops, weights, cfg):
     data = crops if KINDS[kind].spatial else pixels
     return fit_calibrator(
-        kind, data, class_weights=weights, noise_samples=cfg.noise_samples, seed=cfg.seed,
+        kind,
+        data,
+        class_weights=weights,
+        noise_samples=cfg.noise_samples,
+        seed=cfg.seed,
         max_iter=MAX_ITER,
     )
 
@@ -131,6 +142,42 @@ def select(kinds, pixels, crops, weights, cfg, refit=True) -> tuple[object, list
     return fitted[best["kind"]], table, fitted
 
 
+def collect_families(model, raw, cfg, transform, subset=None) -> dict[str, tuple[list, list]]:
+    """{family: (pixel batches, crop batches)} of the corrupted copies (see :func:`collect`);
+    ``subset`` (indices) restricts the frames."""
+    out = {}
+    for family in FAMILIES:
+        frames = FamilyCorruptions(raw, family, cfg.seed, transform)
+        if subset is not None:
+            frames = Subset(frames, list(subset))
+        out[family] = collect(model, frames, cfg, SHIFT_COPY_PIXELS)
+    return out
+
+
+def fit_augmented(kind, clean: tuple[list, list], families: dict, weights, cfg, exclude=()):
+    """Fit ``kind`` on the clean batches plus those of every family not in ``exclude``."""
+    pixels, crops = list(clean[0]), list(clean[1])
+    for family, (p, c) in families.items():
+        if family not in (exclude or ()):
+            pixels += p
+            crops += c
+    return _fit(kind, pixels, crops, weights, cfg)
+
+
+def shift_batches(model, info: dict, args, cfg, n_frames: int) -> dict:
+    """{family: batches} of the first ``n_frames`` calibration frames, corrupted per family
+    (:class:`~seguncert.evaluate.shift_families.FamilyCorruptions`), for --calibration-shift."""
+    from .data import split_dataset
+
+    split = args.calibration_split or args.split
+    out = {}
+    for family in FAMILIES:
+        wrap = lambda raw, f=family: FamilyCorruptions(raw, f, cfg.seed)  # noqa: E731
+        ds = split_dataset(info, args.data_root, split, args.limit, wrap)
+        out[family] = collect(model, Subset(ds, range(n_frames)), cfg, SHIFT_COPY_PIXELS)
+    return out
+
+
 def calibrate_and_store(model, info: dict, dataset, args, cfg):
     """Fit and select a calibrator on the calibration frames, store it in the sidecar; returns
     (calibrator, the dataset to evaluate: the evaluated split less its calibration frames,
@@ -147,6 +194,10 @@ def calibrate_and_store(model, info: dict, dataset, args, cfg):
     pixels, crops = collect(model, cal_ds, cfg)
     weights = (info.get("meta") or {}).get("class_weights")
     calibrator, table, fitted = select(kinds, pixels, crops, weights, cfg)
+    if getattr(args, "calibration_shift", False):
+        families = shift_batches(model, info, args, cfg, len(cal_ds))
+        calibrator = fit_augmented(calibrator.kind, (pixels, crops), families, weights, cfg)
+        fitted[f"{calibrator.kind}+shift"] = calibrator
     report = {
         "split": args.calibration_split or args.split,
         "frames": len(cal_ds),
@@ -154,6 +205,7 @@ def calibrate_and_store(model, info: dict, dataset, args, cfg):
         "noise_samples": cfg.noise_samples,
         "selection": table,
         "chosen": calibrator.kind,
+        "shift_augmented": bool(getattr(args, "calibration_shift", False)),
     }
     update_sidecar(info["sidecar_path"], calibration=calibrator.to_dict(), calibration_fit=report)
     for row in table:

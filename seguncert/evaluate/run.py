@@ -23,6 +23,7 @@ from ..models.base import has_active_dropout
 from ..runtime.progress import Progress
 from ..tasks import checkpoint_task
 from ..uncertainty.ensemble import EnsembleSampler
+from ..uncertainty.feature_density import NoveltyScorer, load_density, novelty_rank_scale
 from ..uncertainty.sampler import MCSampler
 from ..viz.overlays import colorize_labels
 from . import report
@@ -69,6 +70,8 @@ def _segmentation_example(image, o, label, meta, name) -> dict:
 
 
 NOVELTY_MAPS = ("entropy", "aleatoric", "epistemic", "prob_var", "epistemic_members")
+# Deterministic maps (NoveltyScorer): unbounded, so ranked on sign(u) log(1 + |u|).
+DETERMINISTIC_MAPS = ("feature_density", "max_logit", "energy")
 
 
 class SplitEval:
@@ -107,7 +110,7 @@ class SplitEval:
     def _novelty(self, o: dict, ood, label) -> None:
         """OOD pixels vs labelled in-distribution pixels, for every map and max probability."""
         maps = {"max_prob": 1.0 - o["probs"].max(1).values}
-        maps.update({k: o[k] for k in NOVELTY_MAPS if k in o})
+        maps.update({k: o[k] for k in (*NOVELTY_MAPS, *DETERMINISTIC_MAPS) if k in o})
         if self.novelty is None:
             log_c = math.log(len(self.meta.class_names))
             ranges = {"max_prob": (0.0, 1.0), "prob_var": (0.0, 0.25)}
@@ -118,7 +121,10 @@ class SplitEval:
             self.novelty_counts = [0, 0]
         device = maps["max_prob"].device
         ood, ind = ood.to(device), (label != 255).to(device)
-        self.novelty.update(maps, ood, ind)
+        ranked = {
+            k: novelty_rank_scale(v) if k in DETERMINISTIC_MAPS else v for k, v in maps.items()
+        }
+        self.novelty.update(ranked, ood, ind)
         ind = ind & ~ood
         self.novelty_counts[0] += int(ood.sum())
         self.novelty_counts[1] += int(ind.sum())
@@ -151,13 +157,16 @@ class SplitEval:
         return metrics, rows
 
 
-def stream_split(sampler, loader, evals: SplitEval, device, cfg: EvalConfig) -> None:
-    """Every image of ``loader`` once through ``sampler`` into ``evals``."""
+def stream_split(sampler, loader, evals: SplitEval, device, cfg: EvalConfig, novelty=None) -> None:
+    """Every image of ``loader`` once through ``sampler`` into ``evals``; batches with an
+    ``ood`` mask also get the deterministic maps of ``novelty`` (a NoveltyScorer), if given."""
     total = len(loader.dataset) if hasattr(loader, "dataset") else None
     with Progress(total, f"evaluate {cfg.split}", unit="img", enabled=cfg.progress) as bar:
         for batch in loader:
             x = batch["image"].to(device, non_blocking=True)
             out = sampler(x)
+            if novelty is not None and "ood" in batch:
+                out.update(novelty(x))
             for i, (h, w) in enumerate(image_sizes(batch)):
                 o = {k: _crop(v, i, h, w) for k, v in out.items() if v.dim() >= 3}
                 evals.update(x[i, :, :h, :w], o, batch, i, h, w)
@@ -200,7 +209,9 @@ def evaluate_checkpoint(
     evals = SplitEval(task, meta, spec, cfg, len(members))
     for m in members:
         m.eval()
-    stream_split(sampler, loader, evals, device, cfg)
+    # One model: max-logit / energy baselines, plus the feature density when it was fitted.
+    novelty = NoveltyScorer(model, load_density(info)) if len(members) == 1 else None
+    stream_split(sampler, loader, evals, device, cfg, novelty if task.segmentation else None)
     if evals.images == 0:
         raise DataError(f"split {cfg.split!r} has no images to evaluate")
     metrics: dict = {

@@ -38,7 +38,9 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def save_content_named(tensors: dict[str, torch.Tensor], folder: Path, stem: str) -> tuple[Path, str]:
+def save_content_named(
+    tensors: dict[str, torch.Tensor], folder: Path, stem: str
+) -> tuple[Path, str]:
     """Write ``tensors`` as ``folder/<stem>.<sha12>.safetensors``; returns (path, full SHA-256).
 
     The file is complete under a pending name before it gets its final one, so a file under a
@@ -61,4 +63,6 @@ def load_verified_weights(path: Path, expected_sha256: str | None) -> dict[str, 
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({one_line(e)})") from None
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({one_line(e)})"
+        ) from None

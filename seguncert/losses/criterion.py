@@ -47,7 +47,9 @@ class Criterion(nn.Module):
         kinds = {"seg": "classification", "depth": "regression" if depth == "l1" else "likelihood"}
         parts = self.task.loss_parts
         self.weighting = (
-            UncertaintyWeighting({k: kinds[k] for k in parts}, multitask) if len(parts) > 1 else None
+            UncertaintyWeighting({k: kinds[k] for k in parts}, multitask)
+            if len(parts) > 1
+            else None
         )
 
     def segmentation_loss(self, outputs: dict, batch: dict) -> torch.Tensor:

@@ -4,7 +4,8 @@ Every seguncert network is a list of *stages*; each stage maps a state dict to a
 (``{"x": tensor, "skips": [...], "indices": [...]}`` and so on, every tensor batch-first).
 Only the stages from the first active dropout on differ between MC samples, so inference runs
 ``forward_prefix`` once per image and ``forward_suffix`` on the state replicated T times
-(:func:`repeat_state`). ``forward(x) == forward_suffix(forward_prefix(x))`` always.
+(:func:`repeat_state`). ``forward(x) == forward_suffix(forward_prefix(x))`` always; the sampler
+also lets the model precompute per-image parts of the suffix (:meth:`StagedModel.prepare_suffix`).
 """
 
 from __future__ import annotations
@@ -75,9 +76,10 @@ class StagedModel(nn.Module):
         state: State = {"x": x, "input_size": x.shape[-2:]}
         for stage in self.stages:
             state = stage(state)
-        return self._outputs(state)
+        return self.outputs(state)
 
-    def _outputs(self, state: State) -> dict[str, torch.Tensor]:
+    def outputs(self, state: State) -> dict[str, torch.Tensor]:
+        """The network outputs (``output_keys``) among a state's entries."""
         return {k: v for k, v in state.items() if k in self.output_keys}
 
     output_keys: tuple[str, ...] = ("logits", "logit_log_var", "depth_loc", "depth_log_scale")
@@ -97,16 +99,35 @@ class StagedModel(nn.Module):
             state = stage(state)
         return state
 
+    def prepare_suffix(self, state: State) -> State:
+        """Per-image work of the suffix that no MC sample changes, done once before the state
+        is replicated (``MCSampler`` calls it; this default does nothing). An override may
+        replace entries by precomputed ones and list them in ``state["shared"]`` so that
+        :func:`repeat_state` leaves them at batch B; it must keep
+        ``forward_suffix(repeat_state(prepare_suffix(s), n))`` equal, to float rounding and
+        with the same dropout masks, to ``forward_suffix(repeat_state(s, n))``. Only for
+        inference: the prepared stages may fold eval-mode BatchNorm into the convolutions."""
+        return state
+
     def forward_suffix(self, state: State) -> dict[str, torch.Tensor]:
         """The stochastic rest, on a (possibly replicated) prefix state."""
-        for stage in self.stages[self.split_index :]:
+        return self.outputs(self.run_stages(state, self.split_index))
+
+    def run_stages(self, state: State, start: int, stop: int | None = None) -> State:
+        """The raw state after stages[start:stop] (e.g. the head's input, for a sampler that
+        computes the head itself)."""
+        for stage in self.stages[start:stop]:
             state = stage(state)
-        return self._outputs(state)
+        return state
 
 
 def repeat_state(state: State, n: int) -> State:
     """Replicate every batch-first tensor of ``state`` n times: batch B becomes n*B, sample-major
-    (rows [k*B:(k+1)*B] are sample k). Views via expand where possible; one copy per tensor."""
+    (rows [k*B:(k+1)*B] are sample k). Views via expand where possible; one copy per tensor.
+
+    Entries named in ``state["shared"]`` (see :meth:`StagedModel.prepare_suffix`) stay at
+    batch B: they are the same for every sample, and the stages broadcast them."""
+    shared = {"input_size", "shared", *state.get("shared", ())}
 
     def rep(v):
         if isinstance(v, torch.Tensor) and v.dim() > 0:
@@ -115,7 +136,7 @@ def repeat_state(state: State, n: int) -> State:
             return type(v)(rep(t) for t in v)
         return v
 
-    return {k: (v if k == "input_size" else rep(v)) for k, v in state.items()}
+    return {k: (v if k in shared else rep(v)) for k, v in state.items()}
 
 
 @contextlib.contextmanager

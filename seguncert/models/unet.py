@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import ConfigError, SeguncertError
 from .base import StagedModel, State, model_spec
+from .decoder_ops import channels_last_pays, fold_bn, up2_conv3x3, up2_fits
 from .dropout import get_preset, make_dropout
 from .heads import HeadStage
 
@@ -73,7 +74,16 @@ class DropoutStage(nn.Module):
 
 class DecoderBlock(nn.Module):
     """Optional dropout on the incoming map (previous block's output) -> nearest upsample to the
-    skip's size -> concat skip -> 2 x (3x3 conv, BN, ReLU)."""
+    skip's size -> concat skip -> 2 x (3x3 conv, BN, ReLU).
+
+    On a state prepared for MC sampling (``"skip_terms"`` present, see
+    :meth:`BayesianUNet.prepare_suffix`) the same numbers come from cheaper arithmetic: the
+    first convolution is linear, conv(cat(up(x), skip)) = conv_x(up(x)) + conv_skip(skip), and
+    the skip half, the same for every sample, arrives precomputed at batch B and is broadcast
+    over the k*B samples instead of being replicated, concatenated and convolved per sample;
+    eval-mode BatchNorm is folded into the convolutions, and an exact x2 upsampling followed by
+    the 3x3 convolution runs at the low resolution (:mod:`~seguncert.models.decoder_ops`).
+    """
 
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int, dropout: nn.Module):
         super().__init__()
@@ -87,9 +97,12 @@ class DecoderBlock(nn.Module):
             nn.ReLU(inplace=True),
         )
         self.has_skip = skip_channels > 0
+        self.in_channels = in_channels
 
     def forward(self, state: State) -> State:
         x = self.drop(state["x"])
+        if "skip_terms" in state:
+            return self._forward_prepared(x, state)
         skips = state["skips"]
         if self.has_skip:
             *skips, skip = skips
@@ -99,6 +112,48 @@ class DecoderBlock(nn.Module):
             # Last block: back to the input size (x2 for sizes divisible by 32).
             x = F.interpolate(x, size=tuple(state["input_size"]), mode="nearest")
         return {**state, "x": self.convs(x), "skips": skips}
+
+    def skip_term(self, skip: torch.Tensor) -> torch.Tensor:
+        """The skip's share of the first convolution (B, out, h, w), with the first BN's scale
+        and shift when it can be folded (see :meth:`_foldable`)."""
+        conv, bn = self.convs[0], self.convs[1]
+        weight = conv.weight[:, self.in_channels :]
+        if self._foldable():
+            weight, shift = fold_bn(weight, bn)
+            return conv._conv_forward(skip, weight, None).add_(shift.view(1, -1, 1, 1))
+        return conv._conv_forward(skip, weight, None)
+
+    def _foldable(self) -> bool:
+        bns = (self.convs[1], self.convs[4])
+        return all(not bn.training and bn.running_var is not None for bn in bns)
+
+    def _forward_prepared(self, x: torch.Tensor, state: State) -> State:
+        conv1, bn1, _, conv2, bn2, _ = self.convs
+        terms = list(state["skip_terms"])
+        term = terms.pop() if self.has_skip else None
+        size = tuple(term.shape[-2:] if term is not None else state["input_size"])
+        fold = self._foldable()
+        w1, shift1 = conv1.weight[:, : self.in_channels], None
+        if fold:
+            w1, shift1 = fold_bn(w1, bn1)
+        bias1 = shift1 if term is None else None  # with a skip, the shift is in the term
+        cl = channels_last_pays(x, conv1.out_channels)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if up2_fits(x, size) and conv1.padding == (1, 1):
+            y = up2_conv3x3(x, w1, bias1, size)
+        else:
+            y = conv1._conv_forward(F.interpolate(x, size=size, mode="nearest"), w1, bias1)
+        if term is not None:
+            b = term.shape[0]
+            y.view(y.shape[0] // b, b, *y.shape[1:]).add_(term)  # broadcast over the samples
+        y = y.relu_() if fold else F.relu(bn1(y), inplace=True)
+        if fold:
+            w2, shift2 = fold_bn(conv2.weight, bn2)
+            y = conv2._conv_forward(y, w2, shift2).relu_()
+        else:
+            y = F.relu(bn2(conv2(y)), inplace=True)
+        return {**state, "x": y.contiguous() if cl else y, "skip_terms": terms}
 
 
 class BayesianUNet(StagedModel):
@@ -161,3 +216,19 @@ class BayesianUNet(StagedModel):
             decoder_channels=decoder_channels,
             depth_dist=depth_dist,
         )
+
+    def prepare_suffix(self, state: State) -> State:
+        """Precompute, once per image, each suffix decoder block's skip half of its first
+        convolution (see :class:`DecoderBlock`) and hand them over as ``"skip_terms"`` at
+        batch B (listed in ``"shared"``: :func:`~seguncert.models.base.repeat_state` does not
+        replicate them) in place of the skips themselves. Inference only (folds eval BN)."""
+        blocks = [s for s in self.stages[self.split_index :] if isinstance(s, DecoderBlock)]
+        if not blocks:
+            return state
+        skips = list(state.get("skips", ()))
+        terms = []
+        for block in blocks:
+            if block.has_skip:
+                terms.append(block.skip_term(skips.pop()))
+        # blocks pop from the end, like the skips they replace
+        return {**state, "skips": skips, "skip_terms": terms[::-1], "shared": ("skip_terms",)}

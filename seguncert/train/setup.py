@@ -76,7 +76,10 @@ def check_run_folder(out_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def clear_run(out_dir: Path) -> None:
-    """Remove the files a previous run left in ``out_dir`` (only names this package writes)."""
+    """Remove the files a previous run left in ``out_dir`` (only names this package writes);
+    a folder that does not exist yet has nothing to clear."""
+    if not out_dir.is_dir():
+        return
     for p in out_dir.iterdir():
         ours = p.name.split(".")[0] in ("best", "last") and p.suffix in (".json", ".safetensors")
         if ours or p.name in ("log.csv", "config.yaml"):

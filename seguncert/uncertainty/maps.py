@@ -29,11 +29,14 @@ import torch
 from ..losses.regression import predictive_variance as predictive_variance
 
 Tensor = torch.Tensor
+_LOG2E = 1.4426950408889634  # log2(e): exp(z) = exp2(z * log2 e)
+_LN2 = 0.6931471805599453
 
 
 def _entropy(p: Tensor, dim: int) -> Tensor:
-    # xlogy(0, 0) == 0, so classes with zero probability add nothing instead of NaN.
-    return -torch.xlogy(p, p).sum(dim)
+    # entr(0) == 0, so classes with zero probability add nothing instead of NaN; entr is
+    # -x log x in one vectorised kernel (on the CPU ~4x faster than xlogy(x, x).neg()).
+    return torch.special.entr(p).sum(dim)
 
 
 def predictive_entropy(p_mean: Tensor) -> Tensor:
@@ -135,10 +138,48 @@ class _SumAccumulator:
         self.count = self.count + other.count
 
     def _mean(self, name: str) -> Tensor:
+        return self._mean_of(self.sums[name])
+
+    def _mean_of(self, total: Tensor) -> Tensor:
+        """A sum (or a gathered slice of one, same (B, *, H, W) layout) over the count."""
         count = self.count
         if isinstance(count, Tensor):
-            count = count.to(self.sums[name].dtype).clamp_min(1e-12)
-        return self.sums[name] / count
+            count = count.to(total.dtype).clamp_min(1e-12)
+        return total / count
+
+
+def softmax_sums_(
+    z: Tensor, e: Tensor, sums: dict, base2: bool = False, shifted: bool = False
+) -> Tensor:
+    """Add one sample's p = softmax(z) to ``sums["p"]``, p² to ``sums["p2"]`` and its entropy
+    to ``sums["ent"]``, in place. z (B, C, ...) float32 logits, *overwritten*; e a scratch
+    tensor of z's shape, which receives p (returned); the sums (B, C, ...) and (B, 1, ...)
+    may be strided views (a tile of the full sums).
+
+    ``base2``: z comes multiplied by log2(e) (a caller that folds the factor into its weights
+    saves a pass). ``shifted``: a per-pixel constant has already been subtracted so that
+    max_c z lies within +-100 (in log2 units): 2^z can then neither overflow nor vanish for
+    every class, and the max is not subtracted again.
+
+    Every step runs in place; exp runs as exp2 (on the CPU torch's exp was measured ~3x slower
+    than the vectorised exp2); the entropy comes from the softmax's own intermediates,
+    H = log s - sum_c p_c z_c with s = sum_c exp(z_c) of the shifted z, instead of a
+    log-softmax pass. Both terms carry the shift, so they cancel to ~|shift| x 1e-7, the
+    rounding that log_softmax itself makes on logits of that size.
+    """
+    if not shifted:
+        z.sub_(z.amax(1, keepdim=True))  # <= 0: no overflow; the max class gives s >= 1
+    if base2:
+        torch.exp2(z, out=e)
+    else:
+        torch.mul(z, _LOG2E, out=e).exp2_()
+    s = e.sum(1, keepdim=True)
+    p = e.div_(s)
+    zp = z.mul_(p).sum(1, keepdim=True)
+    sums["ent"].add_(s.log_()).sub_(zp, alpha=_LN2 if base2 else 1.0)
+    sums["p"].add_(p)
+    sums["p2"].addcmul_(p, p)
+    return p
 
 
 class SegmentationAccumulator(_SumAccumulator):
@@ -188,6 +229,52 @@ class SegmentationAccumulator(_SumAccumulator):
             self._add("logit_var", _stack(logit_log_var).float().exp().sum(0))
         self.count = self.count + p.shape[0]
 
+    def update_logits(
+        self,
+        logits: Tensor,
+        logit_log_var: Tensor | None = None,
+        base2: bool = False,
+        shifted: bool = False,
+        logit_var: Tensor | None = None,
+    ) -> Tensor:
+        """Add one sample from its calibrated logits (B, C, H, W) float32, which are
+        *overwritten* (they serve as scratch space); logit_log_var (B, 1 or C, H, W) optional,
+        or ``logit_var``, its exp, from a caller that has it (summed as given).
+        Returns p = softmax(logits), a view of a buffer that the next call reuses. ``base2``
+        and ``shifted``: see :func:`softmax_sums_`.
+
+        The same sums as ``update(softmax(z), log_probs=log_softmax(z))`` (to float rounding)
+        in about a third of the time (see :func:`softmax_sums_`).
+        """
+        if logit_log_var is not None:
+            logit_var = torch.mul(logit_log_var.float(), _LOG2E).exp2_()
+        sums = self.zero_sums_(logits.shape, logits.device, logit_var)
+        p = softmax_sums_(logits, self._scratch_like(logits), sums, base2, shifted)
+        if logit_var is not None:
+            sums["logit_var"].add_(logit_var)
+        self.count = self.count + 1
+        return p
+
+    def zero_sums_(self, shape, device, logit_var: Tensor | tuple | None = None) -> dict:
+        """The sums that :func:`softmax_sums_` adds to, created as zeros where missing: "p",
+        "p2" of ``shape`` (B, C, ...), "ent" (B, 1, ...) and, when ``logit_var`` (a tensor, or
+        its shape) is given, "logit_var" of its shape. Returns ``self.sums``."""
+        one = (shape[0], 1, *shape[2:])
+        want = {"p": shape, "p2": shape, "ent": one}
+        if logit_var is not None:
+            want["logit_var"] = tuple(getattr(logit_var, "shape", logit_var))
+        for name, size in want.items():
+            if name not in self.sums:
+                self.sums[name] = torch.zeros(size, device=device)
+        return self.sums
+
+    def _scratch_like(self, z: Tensor) -> Tensor:
+        """A reused (B, C, H, W) float32 buffer (not a sum: scale_ / apply_ never see it)."""
+        buf = getattr(self, "_scratch", None)
+        if buf is None or buf.shape != z.shape or buf.device != z.device:
+            buf = self._scratch = torch.empty(z.shape, dtype=torch.float32, device=z.device)
+        return buf
+
     def finalize(self) -> dict[str, Tensor]:
         """Fused maps: ``probs`` (B, C, H, W), ``pred`` (B, H, W) long, ``entropy``,
         ``aleatoric``, ``epistemic``, ``prob_var`` and (when accumulated) ``logit_var`` and
@@ -195,13 +282,15 @@ class SegmentationAccumulator(_SumAccumulator):
         if not self.sums:
             raise ValueError("SegmentationAccumulator.finalize() before any update()")
         p_mean = self._mean("p")
-        pred = p_mean.argmax(1)
+        # max over classes gives argmax's index (the first maximum) and the value in one
+        # kernel; argmax alone over a strided class axis was ~10x slower on the CPU.
+        p_pred, pred = p_mean.max(1)
         total = predictive_entropy(p_mean)
         aleatoric = self._mean("ent")[:, 0].clamp_min(0.0)
         idx = pred.unsqueeze(1)
-        p_pred = p_mean.gather(1, idx)[:, 0]
         # E[p²] - E[p]² in float32: see the class docstring for why this cancellation is harmless.
-        prob_var = (self._mean("p2").gather(1, idx)[:, 0] - p_pred * p_pred).clamp_min(0.0)
+        p2_pred = self._mean_of(self.sums["p2"].gather(1, idx))[:, 0]
+        prob_var = (p2_pred - p_pred * p_pred).clamp_min(0.0)
         out = {
             "probs": p_mean,
             "pred": pred,

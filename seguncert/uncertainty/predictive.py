@@ -125,6 +125,24 @@ def _per_sample(t: torch.Tensor, k: int) -> torch.Tensor:
     return t.float().reshape(k, t.shape[0] // k, *t.shape[1:])
 
 
+def _update_from_logits(stats: MCStats, z: torch.Tensor, lv, opts: SampleOptions) -> None:
+    """Noise-free p_t = softmax(cal(f_t)), one sample at a time through
+    :meth:`SegmentationAccumulator.update_logits`, which overwrites the calibrated logits: they
+    are the forward's own output (or the calibrator's), so only kept logits need a copy."""
+    flat = z.flatten(0, 1)
+    clean = flat if opts.calibrator is None else opts.calibrator(flat, base=flat).float()
+    if opts.keep_logits and clean.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr():
+        clean = clean.clone()
+    clean = clean.reshape(z.shape)
+    kept = []
+    for t in range(z.shape[0]):
+        p = stats.seg.update_logits(clean[t], None if lv is None else lv[t])
+        if opts.keep_samples:
+            kept.append(p.clone())
+    if kept:
+        stats.samples.append(torch.stack(kept))
+
+
 def consume_outputs(out: dict, k: int, stats: MCStats, opts: SampleOptions, ids: range) -> None:
     """Fold one forward's outputs (batch k*B, sample-major, samples ``ids``) into ``stats``."""
     if not isinstance(out, dict) or ("logits" not in out and "depth_loc" not in out):
@@ -133,15 +151,18 @@ def consume_outputs(out: dict, k: int, stats: MCStats, opts: SampleOptions, ids:
         z = _per_sample(out["logits"], k)
         lv = out.get("logit_log_var")
         lv = _per_sample(lv, k) if lv is not None else None
-        p, log_p, clean = segmentation_probs(z, lv, opts, ids)
         stats.seg = stats.seg or SegmentationAccumulator()
-        stats.seg.update(p, lv, log_probs=log_p, noise_free_log_probs=clean)
-        if opts.keep_samples:
-            stats.samples.append(p)
         if opts.keep_logits:
             stats.logits.append(z)
             if lv is not None:
                 stats.logit_log_vars.append(lv)
+        if opts.noise_samples and lv is not None:
+            p, log_p, clean = segmentation_probs(z, lv, opts, ids)
+            stats.seg.update(p, lv, log_probs=log_p, noise_free_log_probs=clean)
+            if opts.keep_samples:
+                stats.samples.append(p)
+        else:
+            _update_from_logits(stats, z, lv, opts)
     if "depth_loc" in out:
         loc = _per_sample(out["depth_loc"], k)
         var = None

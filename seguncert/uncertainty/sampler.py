@@ -60,6 +60,7 @@ from torch import nn
 
 from ..errors import ConfigError, SeguncertError
 from ..models.base import has_active_dropout, mc_dropout_mode, repeat_state
+from .linear_head import LinearHead
 from .masks import ActivationCounter, SeededDropout, SeededNoise, flat_tensors, tensor_bytes
 from .predictive import (  # noqa: F401  (MCStats, finalize_stats: part of this module's API)
     MCStats,
@@ -72,6 +73,12 @@ from .predictive import (  # noqa: F401  (MCStats, finalize_stats: part of this 
 )
 
 Calibrator = Callable[..., torch.Tensor]  # cal(z (N, C, H, W), base=None) -> (N, C, H, W)
+
+# On the CPU a chunk bigger than about the last-level cache only costs: the kernels already run
+# in parallel over pixels, and (k, ...) activations that spill to DRAM (and are freshly
+# page-faulted on every call) made a T = 20 U-Net suffix at 360x480 ~1.6x slower with k = 6 than
+# with k = 1. Small frames still batch (a 64x96 suffix fits a few samples).
+CPU_CHUNK_MB = 32.0
 
 
 def _model_device(model: nn.Module, x: torch.Tensor) -> torch.device:
@@ -151,6 +158,14 @@ class MCSampler:
     ``use_split=False`` replicates the input and runs the full network per sample instead (the
     "batched full passes" baseline). ``amp_dtype`` (e.g. torch.bfloat16) runs the network under
     autocast; maps are always accumulated in float32 (float64 for depth).
+
+    Cheaper arithmetic, same numbers (to float rounding, with the same masks as ``naive_mc``):
+    on the CPU a chunk also stays within ``cpu_chunk_mb`` (see :data:`CPU_CHUNK_MB`); the
+    model may precompute per-image parts of its suffix (``prepare_suffix``: the U-Net computes
+    the skip half of each decoder block's first convolution once and broadcasts it); and a
+    plain segmentation head runs as one matmul per sample through the accumulator's in-place
+    softmax (:class:`~seguncert.uncertainty.linear_head.LinearHead`), on the shared prefix
+    features when the head's dropout is the only one (classifier placement: no replication).
     """
 
     def __init__(
@@ -167,6 +182,7 @@ class MCSampler:
         noise_samples: int = 0,
         calibrator: Calibrator | None = None,
         return_logits: bool = False,
+        cpu_chunk_mb: float = CPU_CHUNK_MB,
     ) -> None:
         if int(samples) < 1:
             raise ConfigError(f"mc.samples must be >= 1, got {samples}")
@@ -175,6 +191,7 @@ class MCSampler:
         self.model = model
         self.samples = int(samples)
         self.memory_budget_mb = float(memory_budget_mb)
+        self.cpu_chunk_mb = float(cpu_chunk_mb)
         self.seed = int(seed)
         self.temperature = _temperature_tensor(temperature)
         self.calibrator = make_calibrator(temperature, calibrator)
@@ -188,15 +205,20 @@ class MCSampler:
         self.depth_dist = _depth_dist(model, depth_dist)
         self._bytes_per_sample: dict[tuple, int] = {}
         self.last_chunk_size: int | None = None  # k used by the latest call (for benchmarks)
+        # The segmentation head as one matmul per sample (same numbers, several times cheaper).
+        self._head = LinearHead.match(model, self)
 
     def __call__(self, x: torch.Tensor, first_sample: int = 0) -> dict[str, torch.Tensor]:
         """x (B, 3, H, W) -> fused maps. Samples use mask indices first_sample .. +T-1."""
         stats, used = self.accumulate(x, first_sample)
         return finalize_stats(stats, self.samples if used == 1 else None)
 
-    def chunk_size(self, bytes_per_sample: int, remaining: int) -> int:
-        budget = self.memory_budget_mb * 2**20
-        return max(1, min(remaining, int(budget // max(bytes_per_sample, 1))))
+    def chunk_size(self, bytes_per_sample: int, remaining: int, device=None) -> int:
+        """Samples per chunk: within the memory budget and, on the CPU, ``cpu_chunk_mb``."""
+        budget = self.memory_budget_mb
+        if device is None or torch.device(device).type == "cpu":
+            budget = min(budget, self.cpu_chunk_mb)
+        return max(1, min(remaining, int(budget * 2**20 // max(bytes_per_sample, 1))))
 
     def accumulate(self, x: torch.Tensor, first_sample: int = 0) -> tuple[MCStats, int]:
         """Run the T samples (or 1 when the model has no active dropout: all samples would be
@@ -221,27 +243,56 @@ class MCSampler:
             stack.enter_context(_autocast(device, self.amp_dtype))
             # Anything stochastic besides MCDropout sees a fixed stream, not the caller's RNG.
             torch.manual_seed(self.seed)
-            state = model.forward_prefix(x) if self.use_split else {"x": x}
-            done = 0
-            while done < total:
-                measured = self._bytes_per_sample.get(key)
-                k = 1 if measured is None else self.chunk_size(measured, total - done)
-                ids = range(first_sample + done, first_sample + done + k)
+            if self.use_split:
+                state = model.forward_prefix(x)
+                state = model.prepare_suffix(state) if hasattr(model, "prepare_suffix") else state
+            else:
+                state = {"x": x}
+            ids = range(first_sample, first_sample + total)
+            head = self._head
+            if (
+                head is not None
+                and model.split_index == len(model.stages) - 1
+                and (head.applies_to(state["x"], state["input_size"]))
+            ):
+                # The head is the whole suffix: one feature map for every sample, no chunks.
                 masks.set_samples(ids)
-                if measured is None:
-                    self._bytes_per_sample[key] = self._measure(state, stats, device, ids)
-                else:
-                    self._run_chunk(state, stats, ids)
-                self.last_chunk_size = k
-                done += k
+                head.run(state["x"], stats, ids, masks, shared=True)
+                self.last_chunk_size = 1
+            else:
+                self._run_chunks(state, stats, masks, key, ids)
         return stats, total
 
-    def _run_chunk(self, state: dict, stats: MCStats, ids: range) -> dict:
-        k = len(ids)
-        if self.use_split:
-            out = self.model.forward_suffix(repeat_state(state, k))
+    def _run_chunks(self, state: dict, stats: MCStats, masks, key: tuple, ids: range) -> None:
+        """The generic suffix on the replicated state, in budget-sized chunks of ``ids``."""
+        # a model without active dropout leaves no "x": the prefix already ran the whole net
+        any_tensor = next(v for v in flat_tensors(state) if isinstance(v, torch.Tensor))
+        device = _model_device(self.model, any_tensor)
+        done, total = 0, len(ids)
+        while done < total:
+            measured = self._bytes_per_sample.get(key)
+            k = 1 if measured is None else self.chunk_size(measured, total - done, device)
+            chunk = ids[done : done + k]
+            masks.set_samples(chunk)
+            if measured is None:
+                self._bytes_per_sample[key] = self._measure(state, stats, device, chunk, masks)
+            else:
+                self._run_chunk(state, stats, chunk, masks)
+            self.last_chunk_size = k
+            done += k
+
+    def _run_chunk(self, state: dict, stats: MCStats, ids: range, masks) -> dict:
+        k, model = len(ids), self.model
+        if not self.use_split:
+            out = model(repeat_state(state, k)["x"])
+        elif self._head is None:
+            out = model.forward_suffix(repeat_state(state, k))
         else:
-            out = self.model(repeat_state(state, k)["x"])
+            last = len(model.stages) - 1
+            rest = model.run_stages(repeat_state(state, k), model.split_index, last)
+            if self._head.applies_to(rest["x"], rest["input_size"]):
+                return {"logits": self._head.run(rest["x"], stats, ids, masks, shared=False)}
+            out = model.outputs(model.run_stages(rest, last))
         opts = SampleOptions(
             self.calibrator,
             self.noise_samples,
@@ -259,18 +310,18 @@ class MCSampler:
         stages = self.model.stages[self.model.split_index :]
         return [m for stage in stages for m in stage.modules()]
 
-    def _measure(self, state: dict, stats: MCStats, device: torch.device, ids: range) -> int:
+    def _measure(self, state: dict, stats: MCStats, device: torch.device, ids: range, masks) -> int:
         """Run one sample and return the estimated bytes per replicated sample."""
         state_bytes = tensor_bytes(state)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             before = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
-            self._run_chunk(state, stats, ids)
+            self._run_chunk(state, stats, ids, masks)
             peak = torch.cuda.max_memory_allocated(device) - before
             return int(peak + state_bytes)
         with ActivationCounter(self._suffix_modules()) as counter:
-            out = self._run_chunk(state, stats, ids)
+            out = self._run_chunk(state, stats, ids, masks)
         post = 5 * sum(v.numel() * 4 for v in flat_tensors(out))
         if self.noise_samples and "logit_log_var" in out:
             post += 5 * out["logits"].numel() * 4

@@ -8,61 +8,84 @@ With decay d the steady-state weight is K / (1 - d) samples (``effective_samples
 is computed from the fused statistics exactly as :class:`MCSampler` does from its samples, so
 total = aleatoric + epistemic still holds and MI >= 0.
 
-Following the video. The fresh samples' share of a pixel's weight is K / (d * n_hist + K), at
-least 1 - d in the steady state (25% for the default d = 0.75), and the history is dropped where
-the scene changed:
+Never inventing uncertainty. Fusing samples of another view (or of a frame the model read
+differently) adds their disagreement to the epistemic map: on CamVid 0016E5 at 96x128 with a
+CamVid U-Net, a history gated only by the photometric error grew the mean MI per frame to a
+median 6x per-frame T = 20 sampling's at 15 frames/s and 16x at 1 frame/s (flow did not help:
+the model's own prediction drifts from frame to frame more than its MC spread). So a pixel keeps
+its history only where every gate of :mod:`~seguncert.uncertainty.temporal_gates` passes
+(elsewhere it takes only the fresh samples; the warp moves statistics to the nearest pixel and
+never blends neighbours, whose mixture would read as MI):
 - ``flow=True``: the history is warped into the current frame with dense optical flow
-  (``cv2.calcOpticalFlowFarneback`` from the current to the previous grey frame, computed at
-  ``flow_scale`` of the frame size), so static scene structure stays aligned when the camera
-  moves; pixels whose source lies outside the previous frame get no history.
-- ``change_threshold`` (grey levels, 0-255): where the previous grey frame (warped, with flow)
-  differs from the current one by more than this, the history weight is 0 -- occlusions, moving
-  objects and flow failures use only the fresh samples, so the prediction follows them at once.
-Both need ``frame_rgb``; without it the history is only decayed. Call :meth:`reset` at scene cuts
-(a change of input size resets automatically). Frame n uses MC sample indices n*K .. n*K+K-1, so
-fresh samples never repeat the masks of earlier frames and ``decay=0`` equals
+  (Farneback from the current to the previous grey frame at ``flow_scale`` of the frame size);
+  pixels whose source lies outside the previous frame or whose flow fails the forward-backward
+  check get no history.
+- ``change_threshold`` (grey levels, 0-255): photometric error of the (warped) previous frame
+  against the current one -- occlusions, moving objects, flow failures.
+- ``consistency``: the between-frame term fusing would add to the MI (or depth variance) must
+  stay below this multiple of the fresh samples' own local epistemic level (see
+  :func:`~seguncert.uncertainty.temporal_gates.prediction_gate`). Skipped when the input is
+  identical to the previous one (a repeated frame has the same predictive).
+- Cuts: where the grey histograms differ by more than ``cut_distance`` (Hellinger) or more than
+  ``cut_share`` of the frame lost its history, the whole history is dropped.
+The first two need ``frame_rgb``. A frame without history (the first, a cut) runs
+``reset_samples`` samples in all (default max(12, K / (1 - d))), not K, whose MI reads low
+(about 1 - 1/K of the many-sample value, and rare disagreements go unseen). So does a frame
+whose prediction gate drops pixels holding more than ``top_up_share`` of the pixels with
+history (or of their epistemic level, fresh or in the history): it is topped up to
+reset_samples, its gate recomputed from the better estimate, and the next frame starts with
+reset_samples (it most likely needs them too). The cost therefore follows the video: where the
+model's predictions are stable, K samples a frame; where they are not, about reset_samples.
+Call :meth:`reset` at known cuts (a change of input size resets by itself).
+Frame n uses MC sample indices n*K .. n*K+K-1, and the extra samples indices from 2^40 on, so
+fresh samples never repeat the masks of earlier frames; ``decay=0`` equals
 ``MCSampler(samples=K)(x, first_sample=n*K)`` exactly (with ``noise_samples`` too: the logit noise
 is seeded per sample index as well).
 """
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 
 from ..errors import ConfigError, SeguncertError
 from .sampler import MCSampler, MCStats, finalize_stats
+from .temporal_gates import grey_frame, hist_distance, motion_gate, prediction_gate, warp
+
+TOP_UP_BASE = 2**40  # first MC sample index of the extra samples (reset frames, top-ups)
+LEVEL_FLOOR = 0.25  # the prediction gate's tolerance floor, in frame means of the fresh level
+# Fewest samples of a frame without usable history: on CamVid the frame-mean MI of 8 samples
+# reads 14% below T = 20's (median, 24% at worst), of 12 samples 6-9% (21%).
+RESET_SAMPLES = 12
 
 
-def _grey(frame_rgb: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """uint8 grey frame at x's scale: frames larger than x (in either side) are resized to x;
-    smaller or equal ones are taken as x before bottom/right eval padding."""
-    if not (isinstance(frame_rgb, np.ndarray) and frame_rgb.ndim == 3 and frame_rgb.shape[2] == 3):
-        raise SeguncertError("frame_rgb must be an (H, W, 3) RGB numpy array")
-    grey = cv2.cvtColor(np.ascontiguousarray(frame_rgb, dtype=np.uint8), cv2.COLOR_RGB2GRAY)
-    h, w = size_hw
-    if grey.shape[0] > h or grey.shape[1] > w:
-        grey = cv2.resize(grey, (w, h), interpolation=cv2.INTER_AREA)
-    return grey
+def _positive_or_none(name: str, value, upper: float | None = None) -> float | None:
+    if value is None:
+        return None
+    v = float(value)
+    if not v > 0 or (upper is not None and v > upper):
+        bound = f" and <= {upper}" if upper is not None else ""
+        raise ConfigError(f"{name} must be > 0{bound} or None, got {value}")
+    return v
 
 
-def _warp(t: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Sample (B, C, H, W) at grid (1, H, W, 2). Border padding, so sub-pixel overshoot at the
-    edges (Farneback's noise) keeps the full weight; sources well outside are gated in _motion."""
-    return torch.nn.functional.grid_sample(
-        t,
-        grid.to(t.dtype).expand(t.shape[0], -1, -1, -1),
-        align_corners=True,
-        padding_mode="border",
-    )
+def _merge(into: MCStats, other: MCStats, weight: float | torch.Tensor = 1.0) -> None:
+    """Add ``other``'s statistics (scaled by ``weight``) into ``into``."""
+    for acc, new in ((other.seg, into.seg), (other.reg, into.reg)):
+        if acc is not None and new is not None:
+            if not (isinstance(weight, float) and weight == 1.0):
+                acc.scale_(weight)
+            new.merge_(acc)
 
 
 class TemporalMC:
     """``TemporalMC(model, fresh_samples=K)(x (1, 3, H, W), frame_rgb) -> MCSampler's dict``.
 
     ``temperature``, ``noise_samples``, ``calibrator``, ``amp_dtype``, ``depth_dist``, ``seed`` and
-    ``memory_budget_mb`` are passed to the per-frame :class:`MCSampler`.
+    ``memory_budget_mb`` are passed to the per-frame :class:`MCSampler`. After each call,
+    ``last_cut`` says whether the frame was treated as a cut, ``last_kept`` which share of its
+    pixels fused history (0 on a first frame or cut) and ``last_top_up`` whether it ran
+    reset_samples samples.
     """
 
     def __init__(
@@ -80,29 +103,39 @@ class TemporalMC:
         depth_dist: str | None = None,
         noise_samples: int = 0,
         calibrator=None,
+        consistency: float | None = 0.5,
+        cut_share: float | None = 0.5,
+        cut_distance: float | None = 0.3,
+        reset_samples: int | None = None,
+        top_up_share: float | None = 0.25,
     ) -> None:
         if not 0.0 <= float(decay) < 1.0:
             raise ConfigError(f"temporal decay must be in [0, 1), got {decay}")
-        if change_threshold is not None and not float(change_threshold) > 0:
-            raise ConfigError(f"change_threshold must be > 0 or None, got {change_threshold}")
         if not 0.0 < float(flow_scale) <= 1.0:
             raise ConfigError(f"flow_scale must be in (0, 1], got {flow_scale}")
-        self.sampler = MCSampler(
-            model,
-            samples=fresh_samples,
-            memory_budget_mb=memory_budget_mb,
-            seed=seed,
-            temperature=temperature,
-            amp_dtype=amp_dtype,
-            depth_dist=depth_dist,
-            noise_samples=noise_samples,
+        self.change_threshold = _positive_or_none("change_threshold", change_threshold)
+        self.consistency = _positive_or_none("consistency", consistency)
+        self.cut_share = _positive_or_none("cut_share", cut_share, upper=1.0)
+        self.cut_distance = _positive_or_none("cut_distance", cut_distance, upper=1.0)
+        self.top_up_share = _positive_or_none("top_up_share", top_up_share, upper=1.0)
+        self._opts = dict(
+            memory_budget_mb=memory_budget_mb, seed=seed, temperature=temperature,
+            amp_dtype=amp_dtype, depth_dist=depth_dist, noise_samples=noise_samples,
             calibrator=calibrator,
-        )
+        )  # fmt: skip
+        self.sampler = MCSampler(model, samples=fresh_samples, **self._opts)
         self.fresh_samples = self.sampler.samples
         self.decay = float(decay)
         self.flow = flow
-        self.change_threshold = None if change_threshold is None else float(change_threshold)
         self.flow_scale = float(flow_scale)
+        default_reset = max(self.fresh_samples, RESET_SAMPLES, round(self.effective_samples))
+        self.reset_samples = default_reset if reset_samples is None else int(reset_samples)
+        if self.reset_samples < self.fresh_samples:
+            raise ConfigError(
+                f"reset_samples must be >= fresh_samples ({self.fresh_samples}), "
+                f"got {reset_samples}"
+            )
+        self._samplers: dict[int, MCSampler] = {}  # extra-stream samplers by sample count
         self.reset()
 
     @property
@@ -114,90 +147,108 @@ class TemporalMC:
         """Forget the history (call at scene cuts)."""
         self._history: MCStats | None = None
         self._prev_grey: np.ndarray | None = None
+        self._prev_x: torch.Tensor | None = None
         self._shape: tuple | None = None
         self.frame_index = 0
+        self._extra_used = 0  # extra-stream sample indices drawn so far
+        self._needs_more = False  # the last frame needed reset_samples: start the next with them
+        self.last_cut, self.last_kept, self.last_top_up = False, 0.0, False
 
     def __call__(self, x: torch.Tensor, frame_rgb: np.ndarray | None = None) -> dict:
         if x.dim() != 4 or x.shape[0] != 1:
             raise SeguncertError(f"TemporalMC takes one frame (1, 3, H, W), got {tuple(x.shape)}")
         if self.flow and frame_rgb is None:
             raise SeguncertError("TemporalMC(flow=True) needs frame_rgb for the optical flow")
-        size = tuple(x.shape[-2:])
-        grey = _grey(frame_rgb, size) if frame_rgb is not None else None
+        grey = grey_frame(frame_rgb, tuple(x.shape[-2:])) if frame_rgb is not None else None
         resized = grey is not None and self._prev_grey is not None
         if self._shape != tuple(x.shape) or (resized and grey.shape != self._prev_grey.shape):
             self.reset()
             self._shape = tuple(x.shape)
-        first = self.frame_index * self.fresh_samples
-        fused, _ = self.sampler.accumulate(x, first_sample=first)
-        history = self._history
-        if history is not None and self.decay > 0:
-            weight: float | torch.Tensor = self.decay
-            if grey is not None and self._prev_grey is not None:
-                acc = fused.seg if fused.seg is not None else fused.reg
-                device = next(iter(acc.sums.values())).device
-                grid, gate = self._motion(self._prev_grey, grey, size, device)
-                for acc in (history.seg, history.reg):
-                    if acc is not None and grid is not None:
-                        acc.apply_(lambda t, g=grid: _warp(t, g))
-                weight = gate * self.decay
-            for acc, new in ((history.seg, fused.seg), (history.reg, fused.reg)):
-                if acc is not None and new is not None:
-                    acc.scale_(weight)
-                    new.merge_(acc)
+        history = self._history if self.decay > 0 else None
+        more = self.decay > 0 and (history is None or self._needs_more)
+        fused = self._fresh(x, self.reset_samples if more else self.fresh_samples)
+        self.last_cut, self.last_kept = history is not None, 0.0
+        self.last_top_up = more and self.reset_samples > self.fresh_samples
+        self._needs_more = False
+        weight = None if history is None else self._history_weight(x, grey, fused, history)
+        if weight is not None:
+            self.last_cut, self.last_kept = False, float((weight > 0).float().mean())
+            _merge(fused, history, weight)
+        else:
+            self._needs_more = history is not None  # a cut: the next frame may be one too
+            if self.decay > 0 and not self.last_top_up:
+                self._top_up(x, fused)
         self._history = fused
         self._prev_grey = grey
+        self._prev_x = x.detach().clone() if self.decay > 0 else None
         self.frame_index += 1
         return finalize_stats(fused)
 
+    def _fresh(self, x: torch.Tensor, n: int) -> MCStats:
+        """n fresh samples of x: the frame's own K (indices frame_index * K ...) or n from the
+        extra stream (indices from TOP_UP_BASE on)."""
+        if n == self.fresh_samples:
+            return self.sampler.accumulate(x, first_sample=self.frame_index * n)[0]
+        if n not in self._samplers:
+            self._samplers[n] = MCSampler(self.sampler.model, samples=n, **self._opts)
+        stats, _ = self._samplers[n].accumulate(x, first_sample=TOP_UP_BASE + self._extra_used)
+        self._extra_used += n
+        return stats
+
+    def _top_up(self, x: torch.Tensor, fresh: MCStats) -> None:
+        """Add reset_samples - K extra samples to a frame that ran K."""
+        if self.reset_samples > self.fresh_samples:
+            _merge(fresh, self._fresh(x, self.reset_samples - self.fresh_samples))
+            self.last_top_up = True
+
+    def _history_weight(self, x, grey, fresh: MCStats, history: MCStats):
+        """Per-pixel history weight (1, 1, H, W) (decay x gates), warping ``history`` in place
+        along the flow and topping ``fresh`` up where the gates leave too little; None where
+        the frame is a cut (the whole history dropped)."""
+        size = tuple(x.shape[-2:])
+        acc = fresh.seg if fresh.seg is not None else fresh.reg
+        device = next(iter(acc.sums.values())).device
+        gate = torch.ones((1, 1, *size), device=device)
+        if grey is not None and self._prev_grey is not None:
+            if self.cut_distance is not None:
+                if hist_distance(self._prev_grey, grey) > self.cut_distance:
+                    return None
+            grid, gate = self._motion(self._prev_grey, grey, size, device)
+            for old in (history.seg, history.reg):
+                if old is not None and grid is not None:
+                    old.apply_(lambda t, g=grid: warp(t, g))
+        same = self._prev_x is not None and torch.equal(x.to(self._prev_x.device), self._prev_x)
+        if self.consistency is not None and not same:
+            gate = self._consistent(x, fresh, history, gate)
+        if self.cut_share is not None and float(1.0 - gate.mean()) > self.cut_share:
+            return None
+        return gate * self.decay
+
+    def _consistent(self, x, fresh: MCStats, history: MCStats, gate: torch.Tensor):
+        """``gate`` x the prediction gate. When the pixels it drops hold more than
+        ``top_up_share`` of the pixels with history, of the fresh epistemic level or of the
+        history's, they would be left with K samples, too few to see rare disagreements:
+        ``fresh`` is topped up to reset_samples (the next frame starts with that many) and the
+        gate recomputed from the better fresh estimate."""
+        kernel = 2 * max(1, round(min(x.shape[-2:]) / 64)) + 1
+        while True:
+            pred, level, own = prediction_gate(
+                fresh, history, gate * self.decay, self.consistency, kernel, LEVEL_FLOOR
+            )
+            dropped = gate * (1 - pred)
+            lost = max(
+                float((dropped * w).sum() / (gate * w).sum().clamp_min(1e-12))
+                for w in (torch.ones_like(level), level, own)
+            )
+            if self.top_up_share is None or lost <= self.top_up_share:
+                return gate * pred
+            self._needs_more = True
+            if self.last_top_up or self.reset_samples == self.fresh_samples:
+                return gate * pred
+            self._top_up(x, fresh)
+
     def _motion(self, prev: np.ndarray, cur: np.ndarray, size: tuple[int, int], device):
         """(sampling grid (1, H, W, 2) or None, history gate (1, 1, H, W)) at x's size."""
-        h0, w0 = cur.shape
-        sh, sw = max(8, round(h0 * self.flow_scale)), max(8, round(w0 * self.flow_scale))
-        small_prev = cv2.resize(prev, (sw, sh), interpolation=cv2.INTER_AREA)
-        small_cur = cv2.resize(cur, (sw, sh), interpolation=cv2.INTER_AREA)
-        ys, xs = np.mgrid[0:sh, 0:sw].astype(np.float32)
-        flow = None
-        if self.flow:
-            # Flow from the current to the previous frame: cur(y, x) ~ prev(y + fy, x + fx),
-            # i.e. where to fetch each current pixel's history (backward warping).
-            flow = cv2.calcOpticalFlowFarneback(
-                small_cur, small_prev, None, 0.5, 3, 15, 3, 5, 1.2, 0
-            )
-            small_prev = cv2.remap(
-                small_prev,
-                xs + flow[..., 0],
-                ys + flow[..., 1],
-                cv2.INTER_LINEAR,
-                borderMode=cv2.BORDER_REPLICATE,
-            )
-        h, w = size
-        gate = np.ones((h, w), np.float32)
-        if self.change_threshold is not None:
-            diff = cv2.absdiff(
-                cv2.GaussianBlur(small_cur, (3, 3), 0), cv2.GaussianBlur(small_prev, (3, 3), 0)
-            )
-            changed = cv2.resize(
-                (diff > self.change_threshold).astype(np.uint8),
-                (w0, h0),
-                interpolation=cv2.INTER_NEAREST,
-            )
-            gate[:h0, :w0] = 1.0 - changed
-        gate_t = torch.from_numpy(gate).to(device)[None, None]
-        if flow is None:
-            return None, gate_t
-        # Flow in full-frame pixels, then padded (zero flow) to x's size.
-        full = cv2.resize(flow, (w0, h0), interpolation=cv2.INTER_LINEAR)
-        full[..., 0] *= w0 / sw
-        full[..., 1] *= h0 / sh
-        padded = np.zeros((h, w, 2), np.float32)
-        padded[:h0, :w0] = full
-        gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
-        src_x, src_y = gx + padded[..., 0], gy + padded[..., 1]
-        # Sources more than half a pixel outside the previous frame have no history there.
-        inside = (src_x > -0.5) & (src_x < w - 0.5) & (src_y > -0.5) & (src_y < h - 0.5)
-        gate_t = gate_t * torch.from_numpy(inside.astype(np.float32)).to(device)[None, None]
-        grid = np.stack(
-            [2.0 * src_x / max(w - 1, 1) - 1.0, 2.0 * src_y / max(h - 1, 1) - 1.0], axis=-1
+        return motion_gate(
+            prev, cur, size, device, self.flow, self.flow_scale, self.change_threshold
         )
-        return torch.from_numpy(grid).to(device)[None], gate_t

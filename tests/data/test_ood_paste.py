@@ -156,3 +156,25 @@ def test_paste_on_real_camvid_frames(camvid_root):
         assert (raw["label"][s["ood"]] == ROAD).all()
         assert (s["label"][s["ood"]] == 255).all()
         assert not np.array_equal(s["image"], raw["image"])
+
+
+def test_shadow_of_a_sprite_whose_footprint_rows_are_empty():
+    """A thin top-heavy sprite (solid only above its contact band) once crashed the shadow
+    (IndexError on val frame shapes); it must darken under its columns and not fail."""
+    import numpy as np
+
+    from seguncert.data.ood_objects import Sprite
+    from seguncert.data.ood_paste import _shadow
+
+    alpha = np.zeros((20, 10), np.float32)
+    alpha[0:4, 3:7] = 1.0  # solid only in the top rows
+    sprite = Sprite("pole", np.ones((20, 10, 3), np.float32), alpha, 19.0, 1.0, 10.0)
+    img = np.full((40, 40, 3), 0.5, np.float32)
+    _shadow(img, np.zeros((40, 40), np.float32), sprite, 10, 10)
+    assert img.min() < 0.5 and np.isfinite(img).all()
+    empty = Sprite(
+        "none", np.ones((5, 5, 3), np.float32), np.zeros((5, 5), np.float32), 4.0, 1.0, 1.0
+    )
+    before = img.copy()
+    _shadow(img, np.zeros((40, 40), np.float32), empty, 0, 0)
+    np.testing.assert_array_equal(img, before)

@@ -179,20 +179,33 @@ def test_only_the_evaluated_split_is_needed(tmp_path):
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["num_images"] == 2
 
 
+def m_calibration(out):
+    return json.loads((out / "metrics.json").read_text())["calibration"].split()[0]
+
+
 def test_shift_novelty_and_html_sections(checkpoint, tmp_path):
     """--calibrate + --shift + --ood-paste in one evaluation: every calibrator under every
     corruption and severity, novelty per map, both in metrics.json and report.html."""
     out = tmp_path / "eval"
     r = run([EVALUATE, "--checkpoint", checkpoint, "--out", out, "--mc-samples", "2",
-             "--limit", "3", "--calibrate", "temperature", "--shift", "gaussian_noise,fog",
-             "--severities", "1,3", "--ood-paste", "0", "--no-progress", "--examples", "1"],
+             "--limit", "3", "--calibrate", "temperature", "--calibration-shift",
+             "--shift", "gaussian_noise,fog", "--severities", "1,3", "--ood-paste", "0",
+             "--no-progress", "--examples", "1"],
             cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     shift = json.loads((out / "shift.json").read_text())
     settings = {(x["corruption"], x["severity"]) for x in shift["rows"]}
     assert settings == {("clean", 0), ("gaussian_noise", 1), ("gaussian_noise", 3), ("fog", 1),
                         ("fog", 3)}  # fmt: skip
-    assert {x["calibrator"] for x in shift["rows"]} == {"identity", "temperature"}
+    assert {x["calibrator"] for x in shift["rows"]} == {
+        "identity",
+        "temperature",
+        "temperature+shift",
+    }
+    sidecar = json.loads((checkpoint / "best.json").read_text())
+    assert sidecar["calibration_fit"]["shift_augmented"] is True
+    # the stored calibrator is the shift-augmented refit, not the clean one
+    assert m_calibration(out) == sidecar["calibration"]["kind"] == "temperature"
     noisy = [x for x in shift["rows"] if x["corruption"] == "gaussian_noise"]
     assert all(0 <= x["ece"] <= 1 for x in noisy)
     m = json.loads((out / "metrics.json").read_text())

@@ -43,13 +43,13 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     from seguncert.config import Config, ModelConfig
     from seguncert.data.common import DatasetMeta
     from seguncert.io.tensorfile import save_tensors
+    from seguncert.losses.criterion import build_criterion
+    from seguncert.models.build import build_model
     from seguncert.runtime.distributed import broadcast_buffers, cleanup, init_distributed
     from seguncert.train import fit as run_mod
     from seguncert.train.loader import build_loader, set_loader_epoch
     from seguncert.train.loop import StepContext, train_one_epoch
     from seguncert.train.optim import build_optimizer, build_scheduler
-    from seguncert.losses.criterion import build_criterion
-    from seguncert.models.build import build_model
 
     out = Path(out)
     init_distributed("cpu")

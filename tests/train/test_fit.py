@@ -136,6 +136,13 @@ def test_an_existing_run_is_never_overwritten_silently(tmp_path):
     )
 
 
+def test_overwrite_into_a_folder_that_does_not_exist_yet(tmp_path):
+    # the demo on a fresh clone trains with overwrite=True into demo_out/model, absent then
+    out = tmp_path / "new" / "run"
+    fit(tiny_cfg("train.epochs=1"), out, overwrite=True)
+    assert (out / "best.json").is_file() and (out / "last.json").is_file()
+
+
 @pytest.mark.parametrize("bad", ["train.epochs=0", "train.epochs=-1", "train.batch_size=0"])
 def test_epochs_and_batch_size_are_checked_before_any_work(tmp_path, bad):
     with pytest.raises(ConfigError, match=bad.split("=")[0].replace(".", r"\.") + "' must be >= 1"):

@@ -9,14 +9,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from seguncert.config import Config, ModelConfig
 from seguncert.data.common import DatasetMeta
+from seguncert.errors import ConfigError, SeguncertError
+from seguncert.losses.criterion import build_criterion
+from seguncert.models.build import build_model
 from seguncert.runtime.amp import make_scaler, resolve_amp_dtype
 from seguncert.train.budget import TimeBudget
 from seguncert.train.loop import StepContext, train_one_epoch
 from seguncert.train.optim import build_optimizer, build_scheduler
 from seguncert.train.validate import validate
-from seguncert.errors import ConfigError, SeguncertError
-from seguncert.losses.criterion import build_criterion
-from seguncert.models.build import build_model
 
 CPU = torch.device("cpu")
 

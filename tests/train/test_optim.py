@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from seguncert.config import OptimConfig
-from seguncert.train.optim import build_optimizer, build_scheduler, schedule_horizon
 from seguncert.errors import ConfigError
+from seguncert.train.optim import build_optimizer, build_scheduler, schedule_horizon
 
 
 def lrs(cfg: OptimConfig, total: int) -> list[float]:

@@ -190,7 +190,7 @@ def test_temporal_decay_zero_and_history(make_model):
         _close(temporal(x), fresh(x, first_sample=3 * n), atol=0)
     # with history (no frame: plain decay d) every mean is (m_1 + d m_0) / (1 + d)
     d, x = 0.5, frames[0]
-    temporal = TemporalMC(model, fresh_samples=3, decay=d, noise_samples=4)
+    temporal = TemporalMC(model, fresh_samples=3, decay=d, noise_samples=4, reset_samples=3)
     temporal(x)
     fused = temporal(x)
     m0, m1 = fresh(x, first_sample=0), fresh(x, first_sample=3)

@@ -205,3 +205,142 @@ def test_bad_input(make_model, image):
         MCSampler(model, samples=2, temperature=torch.ones(3))(image)
     with pytest.raises(SeguncertError, match="logits"):
         MCSampler(nn.Sequential(MCDropout(0.5)), samples=2, use_split=False)(image)
+
+
+# --- cheaper arithmetic, same numbers: the package's U-Net through every fast path -------------
+
+
+def _unet(preset: str, seed: int = 0, **kw):
+    """A small U-Net with data-calibrated BatchNorm (unit-scale features, so that dropout moves
+    the logits) and a log-variance head that reaches well past +-1."""
+    from seguncert.config import ModelConfig
+    from seguncert.models.build import build_model
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        arch="unet", dropout=preset, num_classes=5, decoder_channels=[32, 16, 16, 8, 8]
+    )
+    m = build_model(cfg)
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.momentum = None
+            mod.reset_running_stats()
+    m.train()
+    with torch.no_grad():
+        m(torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(seed)))
+        m.stages[-1].seg.log_var.weight.mul_(kw.get("lv_scale", 3.0))
+    return m.eval()
+
+
+def _close_rel(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        if k == "logit_var":  # exp of a log variance up to +-10: compare relatively
+            torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=2e-5, msg=k)
+        else:
+            torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("preset", ["classifier", "decoder", "central", "all"])
+def test_unet_fast_paths_equal_naive_loop(preset):
+    model = _unet(preset)
+    x = torch.randn(2, 3, 40, 56, generator=torch.Generator().manual_seed(3))  # odd sizes inside
+    temp = torch.tensor([0.7, 1.0, 1.6, 1.2, 0.9])
+    sampler = MCSampler(model, samples=9, seed=4, temperature=temp)
+    assert sampler._head is not None  # the head runs as a matmul per sample
+    calls = []
+    model.stages[-1].register_forward_hook(lambda *a: calls.append(1))
+    fast = sampler(x)
+    assert calls == []  # ... never as a module
+    slow = naive_mc(model, x, samples=9, seed=4, temperature=temp)
+    assert len(calls) == 9
+    _close_rel(fast, slow)
+    assert fast["epistemic"].mean() > 1e-3 and fast["logit_var"].max() > 2.0
+
+
+def test_fast_head_falls_back_where_it_cannot_reproduce_the_head(make_model):
+    model = _unet("classifier")
+    x = torch.randn(1, 3, 32, 64, generator=torch.Generator().manual_seed(5))
+    fast = MCSampler(model, samples=6, seed=2)
+    kept = MCSampler(model, samples=6, seed=2, return_samples=True)  # per-sample p kept
+    noisy = MCSampler(model, samples=6, seed=2, noise_samples=2)
+    custom = MCSampler(model, samples=6, seed=2, calibrator=lambda z, base=None: z * 0.5)
+    assert fast._head is not None
+    assert kept._head is None and noisy._head is None and custom._head is None
+    a, b = fast(x), kept(x)
+    _close_rel(a, {k: v for k, v in b.items() if k != "samples"})
+    torch.testing.assert_close(b["samples"].mean(0), a["probs"], atol=1e-6, rtol=1e-5)
+    _close_rel(custom(x), naive_mc(model, x, 6, seed=2, temperature=2.0))
+    assert MCSampler(make_model(), samples=2)._head is None  # the toy model's head is no HeadStage
+
+
+def test_fast_head_extreme_logits_and_tiny_dropout():
+    # logits of +-several hundred: the per-pixel shift can no longer be proven safe, so every
+    # sample subtracts its own max; still finite and equal to the naive loop
+    model = _unet("classifier")
+    with torch.no_grad():
+        model.stages[-1].seg.logits.weight.mul_(300.0)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    fast, slow = MCSampler(model, samples=8, seed=1)(x), naive_mc(model, x, 8, seed=1)
+    assert all(torch.isfinite(v.float()).all() for v in fast.values())
+    _close_rel(fast, slow)
+    # p < 1/512: SeededDropout keeps every unit (keep threshold 256), so does the fast head
+    model.stages[-1].drop.p = 1e-3
+    _close_rel(MCSampler(model, samples=3, seed=1)(x), naive_mc(model, x, 3, seed=1))
+
+
+def test_cpu_chunks_stay_cache_sized():
+    sampler = MCSampler(nn.Sequential(MCDropout(0.5)), samples=20, memory_budget_mb=1024.0)
+    per_sample = 100 * 2**20  # e.g. a 360x480 U-Net decoder suffix
+    assert sampler.chunk_size(per_sample, 20, "cpu") == 1
+    assert sampler.chunk_size(per_sample, 20, "cuda") == 10  # only the budget on a GPU
+    assert sampler.chunk_size(2**20, 20, "cpu") == 20  # small frames still batch
+    big = MCSampler(nn.Sequential(MCDropout(0.5)), samples=20, cpu_chunk_mb=1e9)
+    assert big.chunk_size(per_sample, 20, "cpu") == 10
+
+
+@pytest.mark.parametrize("base2", [False, True])
+def test_update_logits_equals_update_from_probabilities(base2):
+    from seguncert.uncertainty.maps import SegmentationAccumulator
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 2, 6, 3, 5, generator=g) * 6  # 4 samples, B=2, C=6
+    lv = torch.randn(4, 2, 1, 3, 5, generator=g)
+    ref, fast = SegmentationAccumulator(), SegmentationAccumulator()
+    ref.update(torch.softmax(z, 2), lv, log_probs=torch.log_softmax(z, 2))
+    for t in range(4):
+        zt = z[t] * 1.4426950408889634 if base2 else z[t].clone()
+        shift = zt.amax(1, keepdim=True) - 3.0  # a safe shift that is not the max
+        p = fast.update_logits(zt - shift, lv[t], base2=base2, shifted=True)
+        torch.testing.assert_close(p, torch.softmax(z[t], 1), atol=1e-6, rtol=1e-5)
+    a, b = ref.finalize(), fast.finalize()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=2e-6, rtol=1e-5, msg=k)
+
+
+def test_fast_head_tiles_and_draw_groups(monkeypatch):
+    # several pixel tiles (the last one ragged) and random bytes drawn ahead in groups of 3
+    from seguncert.uncertainty import linear_head
+
+    monkeypatch.setattr(linear_head, "_TILE_PIXELS", 700)
+    model = _unet("classifier")
+    x = torch.randn(2, 3, 40, 56, generator=torch.Generator().manual_seed(8))  # 2240 px
+    monkeypatch.setattr(linear_head, "_DRAW_BYTES", 3 * 2 * 8 * 40 * 56)  # B F H W bytes x 3
+    fast = MCSampler(model, samples=10, seed=5)(x)
+    _close_rel(fast, naive_mc(model, x, samples=10, seed=5))
+    decoder = _unet("decoder")  # per-sample features, tiled the same way
+    _close_rel(MCSampler(decoder, samples=4, seed=5)(x), naive_mc(decoder, x, 4, seed=5))
+
+
+def test_fast_head_parallel_draws_are_the_hooks_bytes():
+    # with several torch threads the masks' random bytes are drawn by a thread pool, one
+    # generator per thread: the same bytes as the dropout hook's single generator
+    model = _unet("classifier")
+    x = torch.randn(1, 3, 32, 48, generator=torch.Generator().manual_seed(9))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        fast = MCSampler(model, samples=7, seed=6)(x)
+    finally:
+        torch.set_num_threads(threads)
+    _close_rel(fast, naive_mc(model, x, samples=7, seed=6))
