@@ -12,9 +12,8 @@ suffix, that was ~3x a deterministic pass at T = 20 (360x480, CPU), for what is 
 :class:`LinearHead` computes the same numbers per sample ``t``: the dropout layer's own random
 bytes (generator and seed of SeededDropout for (t, layer, call), so the masks are bit for bit
 those of ``naive_mc`` and of the module path) turned into a 0/1 float mask and multiplied into
-the features in place; one (C+1) x (F+2) matmul with the 1/(1-p) dropout scale, the temperature,
-log2(e), the bias and (when the features are shared by all samples) a safe per-pixel shift
-folded into its weights; then the accumulator's in-place softmax sums
+the features in place; one (C+1) x (F+1) matmul with the 1/(1-p) dropout scale, the temperature,
+log2(e) and the bias folded into its weights; then the accumulator's in-place softmax sums
 (:func:`~seguncert.uncertainty.maps.softmax_sums_`). On the CPU it works on tiles of pixels with
 the samples innermost, so that every intermediate stays in the cache; every buffer is reused.
 
@@ -129,24 +128,10 @@ class LinearHead:
             b = torch.cat([b, lv_b.view(1, 1) * (2.0 / LOG_VAR_LIMIT)])
         return w, b, seg.logits.out_channels
 
-    def _augmented(self, flat: torch.Tensor, scale: float, with_shift: bool) -> tuple:
-        """The matmul weights (rows, F+2) = [scale * W, b, -1 or 0], for inputs whose last two
-        rows hold 1 (bias) and a per-pixel shift (B, N): with ``with_shift`` (one feature map
-        for many samples) the max over classes of the dropout-free logits, where the masks
-        provably keep every sample's max within +-100 of it (then no sample needs its own
-        max); else None. Returns (weights, shift)."""
-        w, b, classes = self._weights()
-        w, b = w.to(flat.device), b.to(flat.device)
-        shift = None
-        if with_shift:
-            mean = torch.matmul(w[:classes], flat).add_(b[:classes])  # (B, C, N), log2 units
-            # |z_t - mean| <= sum_f |w_f x_f| * max(1, scale - 1) for any 0/1 mask
-            dev = torch.matmul(w[:classes].abs(), flat.abs()).amax(1).max()
-            if bool(dev * max(1.0, scale - 1.0) < 100.0):
-                shift = mean.amax(1)
-        last = torch.zeros(w.shape[0], 1, device=w.device)
-        last[:classes] = -1.0
-        return torch.cat([w * scale, b, last], 1), shift
+    def _matmul_weights(self, device, scale: float) -> torch.Tensor:
+        """The matmul weights (rows, F+1) = [scale * W, b], for inputs whose last row is 1."""
+        w, b, _ = self._weights()
+        return torch.cat([w * scale, b], 1).to(device)
 
     def _buffer(self, name: str, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
         buf = self._buffers.get(name)
@@ -200,9 +185,7 @@ class LinearHead:
         _, f, h, w = feats.shape
         n = h * w
         flat = feats.reshape(-1, b, f, n)
-        # the shift costs two matmuls once; it saves a max and a subtraction per sample
-        scale = 256.0 / self._keep_threshold()
-        weight, shift = self._augmented(flat[0], scale, shared and k >= 8)
+        weight = self._matmul_weights(feats.device, 256.0 / self._keep_threshold())
         rows, classes = weight.shape[0], self.head.seg.logits.out_channels
         acc = stats.seg = stats.seg or SegmentationAccumulator()
         full = acc.zero_sums_((b, classes, h, w), feats.device,
@@ -215,11 +198,11 @@ class LinearHead:
             chunk = ids[start : start + group]
             draws = self._draws(masks, chunk, b * f * n, feats.device)
             for a in range(0, n, tile):
-                z = self._tile(flat, draws, (start, chunk), weight, shift, sums, (a, tile), shared)
+                z = self._tile(flat, draws, (start, chunk), weight, sums, (a, tile), shared)
         acc.count = acc.count + k
         return z
 
-    def _tile(self, flat, draws, samples, weight, shift, sums, span, shared) -> torch.Tensor:
+    def _tile(self, flat, draws, samples, weight, sums, span, shared) -> torch.Tensor:
         """samples = (start, chunk): the samples ``chunk``, the start-th on of the call, on the
         pixels span = (a, tile): a .. a + tile."""
         _, b, f, n = flat.shape
@@ -227,12 +210,11 @@ class LinearHead:
         cols = min(n, a + tile) - a
         rows, classes = weight.shape[0], self.head.seg.logits.out_channels
         dev = flat.device
-        xm = self._buffer("xm", (b, f + 2, tile), torch.float32, dev)[:, :, :cols]
+        xm = self._buffer("xm", (b, f + 1, tile), torch.float32, dev)[:, :, :cols]
         z = self._buffer("z", (b, rows, tile), torch.float32, dev)[:, :, :cols]
         e = self._buffer("e", (b, classes, tile), torch.float32, dev)[:, :, :cols]
-        xm[:, f] = 1.0
-        xm[:, f + 1] = 0.0 if shift is None else shift[:, a : a + cols]
-        tile = {name: v[:, :, a : a + cols] for name, v in sums.items()}
+        xm[:, f] = 1.0  # the bias row
+        part = {name: v[:, :, a : a + cols] for name, v in sums.items()}
         threshold = self._keep_threshold()
         for i in range(len(chunk)):
             x = flat[0 if shared else start + i, :, :, a : a + cols]
@@ -241,12 +223,12 @@ class LinearHead:
             else:  # bytes -> float, compare in place: ~4x cheaper than a bool mask converted
                 mask = draws[i].view(b, f, n)[:, :, a : a + cols]
                 xm[:, :f].copy_(mask).lt_(threshold).mul_(x)
-            torch.bmm(weight.expand(b, rows, f + 2), xm, out=z)
+            torch.bmm(weight.expand(b, rows, f + 1), xm, out=z)
             if rows > classes:
                 # exp(soft_clamp(r, L)) = exp(L tanh(r / L)) = 2^(log2e (2L sigmoid(2r/L) - L)),
                 # with 2/L in the row's weights: the vectorised sigmoid and exp2, in place, are
                 # ~8x cheaper than tanh and exp on the CPU (same value to ~1e-6).
                 var = z[:, classes:].sigmoid_().mul_(2 * _LOG2E * LOG_VAR_LIMIT)
-                tile["logit_var"].add_(var.sub_(_LOG2E * LOG_VAR_LIMIT).exp2_())
-            softmax_sums_(z[:, :classes], e, tile, base2=True, shifted=shift is not None)
+                part["logit_var"].add_(var.sub_(_LOG2E * LOG_VAR_LIMIT).exp2_())
+            softmax_sums_(z[:, :classes], e, part, base2=True)
         return z

@@ -275,8 +275,8 @@ def test_fast_head_falls_back_where_it_cannot_reproduce_the_head(make_model):
 
 
 def test_fast_head_extreme_logits_and_tiny_dropout():
-    # logits of +-several hundred: the per-pixel shift can no longer be proven safe, so every
-    # sample subtracts its own max; still finite and equal to the naive loop
+    # logits of +-several hundred (exp of them overflows float32): still finite and equal to
+    # the naive loop
     model = _unet("classifier")
     with torch.no_grad():
         model.stages[-1].seg.logits.weight.mul_(300.0)
@@ -310,8 +310,7 @@ def test_update_logits_equals_update_from_probabilities(base2):
     ref.update(torch.softmax(z, 2), lv, log_probs=torch.log_softmax(z, 2))
     for t in range(4):
         zt = z[t] * 1.4426950408889634 if base2 else z[t].clone()
-        shift = zt.amax(1, keepdim=True) - 3.0  # a safe shift that is not the max
-        p = fast.update_logits(zt - shift, lv[t], base2=base2, shifted=True)
+        p = fast.update_logits(zt, lv[t], base2=base2)
         torch.testing.assert_close(p, torch.softmax(z[t], 1), atol=1e-6, rtol=1e-5)
     a, b = ref.finalize(), fast.finalize()
     for k in a:
