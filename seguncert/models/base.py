@@ -140,18 +140,26 @@ def repeat_state(state: State, n: int) -> State:
 
 
 @contextlib.contextmanager
-def mc_dropout_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode everywhere (BatchNorm uses running stats) except MCDropout layers, which sample.
-
-    Restores each module's previous ``training`` flag on exit.
-    """
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Every module in eval mode (BatchNorm running stats, dropout off); restores each module's
+    previous ``training`` flag on exit."""
     previous = {m: m.training for m in model.modules()}
     model.eval()
-    for m in model.modules():
-        if isinstance(m, MCDropout):
-            m.train()
     try:
         yield model
     finally:
         for m, flag in previous.items():
             m.training = flag
+
+
+@contextlib.contextmanager
+def mc_dropout_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode everywhere (BatchNorm uses running stats) except MCDropout layers, which sample.
+
+    Restores each module's previous ``training`` flag on exit.
+    """
+    with eval_mode(model):
+        for m in model.modules():
+            if isinstance(m, MCDropout):
+                m.train()
+        yield model

@@ -36,7 +36,6 @@ with its SHA-256 and the SHA-256 of the weights it was fitted on (:func:`store_d
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, ConfigError
+from ..models.base import eval_mode
 from ..models.heads import resize_to
 
 SIDECAR_KEY = "feature_density"
@@ -53,18 +53,6 @@ RIDGE = 1e-4  # relative to the mean feature variance: keeps dead (all-zero) cha
 WINDOW = 5  # max-pool window of the score map, pixels
 HELD_PER_IMAGE = 100  # fitting pixels per image also kept to standardise the levels
 HELD_MAX = 50_000
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module):
-    """Every module in eval mode (BatchNorm running stats, dropout off); flags restored on exit."""
-    previous = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in previous.items():
-            m.training = flag
 
 
 def resolve_stages(model, stages: Sequence[int]) -> list[int]:
