@@ -151,28 +151,44 @@ def test_epochs_and_batch_size_are_checked_before_any_work(tmp_path, bad):
 
 
 KILL_SCRIPT = """
-import json, sys
+import json, sys, time
+from pathlib import Path
+import seguncert.train.loop as loop
 from seguncert.config import config_from_dict
 from seguncert.train.fit import fit
+
+real_step, calls = loop.train_step, [0]
+
+def step_then_pause(*args, **kwargs):
+    # Pause (for the parent's kill -9) after step 18 of 36: the middle of epoch 2 of 3 with
+    # 12 steps per epoch, whatever the machine's speed.
+    out = real_step(*args, **kwargs)
+    calls[0] += 1
+    if calls[0] == 18:
+        Path(sys.argv[2], "paused").write_text("")
+        time.sleep(600)
+    return out
+
+loop.train_step = step_then_pause
 cfg = config_from_dict(json.loads(sys.argv[1]), sys.argv[3:])
 fit(cfg, sys.argv[2])
 """
 
 
 def _run_and_kill(cfg: dict, out: Path, overrides: list[str]) -> None:
-    """Start a training process, kill -9 it mid-way through its second epoch."""
+    """Start a training process, kill -9 it in the middle of its second epoch (it pauses there)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     args = [sys.executable, "-c", KILL_SCRIPT, json.dumps(cfg), str(out), *overrides]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
-        if (out / "last.json").is_file():
-            time.sleep(0.3)  # inside epoch 2 (an epoch takes a few seconds)
+        if (out / "paused").is_file():
             break
         time.sleep(0.05)
-    assert proc.poll() is None, proc.stdout.read().decode()
+    assert proc.poll() is None and (out / "paused").is_file(), proc.stdout.read().decode()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    (out / "paused").unlink()
 
 
 @pytest.mark.slow
@@ -185,7 +201,7 @@ def test_kill_9_mid_epoch_then_resume_is_bit_identical(tmp_path, workers):
     fit(config_from_dict(json.loads(json.dumps(cfg)), overrides), straight)
     _run_and_kill(cfg, killed, overrides)
     saved_epoch = json.loads((killed / "last.json").read_text())["epoch"]
-    assert saved_epoch < 2  # killed before the end
+    assert saved_epoch == 0  # killed inside the second epoch: only the first (index 0) saved
     fit(config_from_dict(json.loads(json.dumps(cfg)), overrides), killed, resume=True)
     a, b = weights(straight), weights(killed)
     assert all(torch.equal(a[k], b[k]) for k in a)
