@@ -46,6 +46,7 @@ class DataConfig:
     synthetic_seed: int = 0
     limit_train: int | None = None  # use only the first N training samples (quick runs)
     train_fraction: float = 1.0  # a random share of the training frames (seeded by train.seed)
+    train_list: str | None = None  # a text file naming the training frames to use, one per line
     limit_val: int | None = None
 
 

@@ -91,6 +91,32 @@ def _fraction(ds, d, seed: int):
     return Subset(ds, sorted(int(i) for i in keep))
 
 
+def _listed(ds, path: str | None):
+    """The frames named in the text file ``path`` (one name or file name per line, ``#``
+    comments): training on exactly the frames a labelling round produced."""
+    if path is None:
+        return ds
+    names = getattr(ds, "frame_names", None)
+    if names is None:
+        raise ConfigError("data.train_list needs a dataset of named files (camvid or depth)")
+    try:
+        lines = Path(path).expanduser().read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"data.train_list {path}: cannot read it ({e})") from None
+    wanted = [x.strip() for x in lines if x.strip() and not x.strip().startswith("#")]
+    if not wanted:
+        raise ConfigError(f"data.train_list {path} names no frames")
+    index = {n: i for i, n in enumerate(names())}
+    found = [index.get(w, index.get(Path(w).stem)) for w in wanted]
+    missing = [w for w, i in zip(wanted, found) if i is None]
+    if missing:
+        raise DataError(
+            f"data.train_list {path}: {len(missing)} of {len(wanted)} frames are not in the "
+            f"training split (first: {missing[0]!r})"
+        )
+    return Subset(ds, sorted(set(found)))
+
+
 def _limit(ds, n: int | None, key: str):
     if n is None:
         return ds
@@ -153,7 +179,11 @@ def build_datasets(cfg):
     val_raw = builder(cfg, d.val_split)
     if len(train_raw) == 0 or len(val_raw) == 0:
         raise DataError(f"empty dataset: {len(train_raw)} train / {len(val_raw)} val samples")
+    if d.train_list is not None and (d.train_fraction != 1.0 or d.limit_train is not None):
+        raise ConfigError("data.train_list names the training frames: leave data.train_fraction "
+                          "and data.limit_train unset")  # fmt: skip
     train_ds = _fraction(_limit(train_raw, d.limit_train, "data.limit_train"), d, cfg.train.seed)
+    train_ds = _listed(train_ds, d.train_list)
     val_ds = _limit(val_raw, d.limit_val, "data.limit_val")
 
     meta = dataset_meta(cfg)

@@ -179,6 +179,10 @@ class CamVidDataset:
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def frame_names(self) -> list[str]:
+        """Each frame's name (its image file's stem), in index order, without reading pixels."""
+        return [image.stem for image, _ in self.pairs]
+
     def _load_label(self, index: int) -> np.ndarray:
         label = read_label(self.pairs[index][1])
         return resize_nearest(label, self.size) if self.size else label

@@ -169,6 +169,10 @@ class DepthDataset:
     def __len__(self) -> int:
         return len(self.frames)
 
+    def frame_names(self) -> list[str]:
+        """Each frame's name, in index order, without reading pixels."""
+        return [f[0] for f in self.frames]
+
     def _read_stored_depth(self, path: Path) -> np.ndarray:
         """The depth map as stored (uint8/uint16 PNG or float npy), single channel."""
         if path.suffix == ".npy":

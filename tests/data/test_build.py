@@ -69,6 +69,47 @@ def test_limits_and_weights_from_the_limited_set(tmp_path):
         build_datasets(cfg_for(data={"dataset": "camvid", "root": str(tmp_path), "limit_train": 0}))
 
 
+def test_train_list_keeps_exactly_the_named_frames_and_their_weights(tmp_path):
+    make_camvid(tmp_path, n=5)
+    listed = tmp_path / "labelled.txt"
+    listed.write_text("# round 1\n3\n1.png\n\n3\n")  # a name, a file name, a repeat
+    cfg = cfg_for(data={"dataset": "camvid", "root": str(tmp_path), "train_list": str(listed)})
+    train, _, meta = build_datasets(cfg)
+    assert isinstance(train, Subset) and list(train.indices) == [1, 3]
+    raw = CamVidDataset(tmp_path)
+    assert [raw.frame_names()[i] for i in train.indices] == ["1", "3"]
+    labels = [raw.raw(i)["label"] for i in (1, 3)]
+    np.testing.assert_allclose(meta.class_weights, median_frequency_weights(labels), atol=1e-6)
+
+
+def test_train_list_errors_name_the_problem(tmp_path):
+    make_camvid(tmp_path)
+    listed = tmp_path / "labelled.txt"
+    base = {"dataset": "camvid", "root": str(tmp_path), "train_list": str(listed)}
+    listed.write_text("1\nnot_a_frame\n")
+    with pytest.raises(DataError, match="1 of 2 frames are not in the training split.*not_a_frame"):
+        build_datasets(cfg_for(data=base))
+    listed.write_text("# nothing\n")
+    with pytest.raises(ConfigError, match="names no frames"):
+        build_datasets(cfg_for(data=base))
+    with pytest.raises(ConfigError, match="cannot read"):
+        build_datasets(cfg_for(data={**base, "train_list": str(tmp_path / "missing.txt")}))
+    listed.write_text("1\n")
+    with pytest.raises(ConfigError, match="leave data.train_fraction"):
+        build_datasets(cfg_for(data={**base, "train_fraction": 0.5}))
+    with pytest.raises(ConfigError, match="camvid or depth"):
+        build_datasets(cfg_for(data={"dataset": "synthetic", "synthetic_train": 4,
+                                     "synthetic_val": 2, "train_list": str(listed)}))  # fmt: skip
+
+
+def test_depth_frame_names_match_raw_names(tmp_path):
+    from seguncert.data.depth import DepthDataset
+
+    make_depth(tmp_path)
+    ds = DepthDataset(tmp_path, "train")
+    assert ds.frame_names() == [ds.raw(i)["name"] for i in range(len(ds))]
+
+
 def test_no_weights_when_not_asked(tmp_path):
     make_camvid(tmp_path)
     cfg = cfg_for(data={"dataset": "camvid", "root": str(tmp_path)}, loss={"class_weights": "none"})
