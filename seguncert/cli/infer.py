@@ -1,7 +1,7 @@
 """Run a checkpoint on videos / frame folders / images and write uncertainty overlay videos.
 
 Each output frame is a row of panels, by checkpoint kind:
-  segmentation: input | fused segmentation over the input, with a class legend |
+  segmentation: input | fused segmentation over the input (class legend in a strip below) |
                 aleatoric (expected entropy, nats) | epistemic (mutual information, nats)
   depth:        input | depth (m) | aleatoric σ (m) | epistemic σ (m)
   joint:        input | segmentation | depth (m) | epistemic (segmentation MI, nats)

@@ -184,6 +184,34 @@ def draw_legend(
     return panel
 
 
+def legend_strip(
+    class_names: Sequence[str], palette: Sequence[Sequence[int]], width: int, panel_height: int
+) -> np.ndarray:
+    """A legend of every class as a black strip ``width`` wide, to sit below composed panels
+    (outside the images, so it hides nothing). Swatches and names run left to right and wrap;
+    the strip's height depends only on the names, ``width`` and ``panel_height`` (the same for
+    every frame of a video) and is even. Returns uint8 (h, width, 3)."""
+    fs = _font_scale(panel_height) * 0.9
+    th = cv2.getTextSize("Ag", FONT, fs, 1)[0][1]
+    row, sw = th + 6, th + 1
+    entries = [sw + 4 + cv2.getTextSize(n, FONT, fs, 1)[0][0] + 10 for n in class_names]
+    spots, x, y = [], 4, 0
+    for e in entries:
+        if x + e > width and x > 4:
+            x, y = 4, y + 1
+        spots.append((x, y))
+        x += e
+    h = (y + 1) * row + 4
+    strip = np.zeros((h + h % 2, width, 3), np.uint8)
+    for c, (x, r) in enumerate(spots):
+        y0 = 3 + r * row
+        colour = tuple(int(v) for v in np.asarray(palette[c]).tolist()[:3])
+        cv2.rectangle(strip, (x, y0), (x + sw, y0 + sw), colour, -1)
+        cv2.rectangle(strip, (x, y0), (x + sw, y0 + sw), WHITE, 1)
+        _text(strip, class_names[c], (x + sw + 4, y0 + sw), fs)
+    return strip
+
+
 def title_height(panel_height: int) -> int:
     """Height of the title strip composed above a panel (even, so video sizes stay even)."""
     return int(max(14, round(panel_height / 12 / 2) * 2))
@@ -198,7 +226,8 @@ def _with_title(panel: np.ndarray, title: str, strip_h: int) -> np.ndarray:
         fs = min(fs, strip_h / 22.0 * 0.9)
         tw, th = cv2.getTextSize(title, FONT, fs, 1)[0]
         x = max((w - tw) // 2, 2)
-        cv2.putText(out, title, (x, (strip_h + th) // 2), FONT, fs, WHITE, 1, cv2.LINE_AA)
+        strip = out[:strip_h]  # a view: descenders are clipped at the strip, not drawn on the panel
+        cv2.putText(strip, title, (x, (strip_h + th) // 2), FONT, fs, WHITE, 1, cv2.LINE_AA)
     return out
 
 

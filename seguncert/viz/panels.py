@@ -4,7 +4,8 @@ drawing: running the model on frames is :mod:`seguncert.inference`.
 
 Panels by name (``--panels`` of tools/infer.py):
 
-- ``input``: the frame; ``seg``: fused prediction blended over the frame, with a legend;
+- ``input``: the frame; ``seg``: fused prediction blended over the frame (a legend of every
+  class runs in a strip below the composed panels);
 - ``aleatoric`` / ``epistemic`` / ``entropy``: segmentation checkpoints: expected entropy,
   mutual information and predictive entropy (nats); depth checkpoints: aleatoric and epistemic
   standard deviation σ (metres; entropy is the total σ);
@@ -21,7 +22,13 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..tasks import get_task
-from .overlays import compose_panels, depth_panel, heatmap_panel, segmentation_panel
+from .overlays import (
+    compose_panels,
+    depth_panel,
+    heatmap_panel,
+    legend_strip,
+    segmentation_panel,
+)
 
 SEG_MAPS = ("aleatoric", "epistemic", "entropy")
 DEPTH_MAPS = ("depth_aleatoric", "depth_epistemic", "depth_total")
@@ -168,7 +175,9 @@ class PanelRenderer:
                 cells.append(rgb)
             elif p == "seg":
                 cells.append(
-                    segmentation_panel(rgb, pred, self.class_names, self.palette, self.alpha)
+                    segmentation_panel(
+                        rgb, pred, self.class_names, self.palette, self.alpha, legend=False
+                    )
                 )
             else:
                 name = resolve_map(self.kind, p)
@@ -178,7 +187,12 @@ class PanelRenderer:
                     cells.append(depth_panel(maps[name], lo, hi, cmap, unit))
                 else:
                     cells.append(heatmap_panel(maps[name], lo, hi, cmap, unit))
-        return compose_panels(cells, self.titles(), self.layout)
+        frame = compose_panels(cells, self.titles(), self.layout)
+        if "seg" in self.panels and self.class_names:
+            # Below the panels, every class: over the segmentation it would hide the scene.
+            strip = legend_strip(self.class_names, self.palette, frame.shape[1], rgb.shape[0])
+            frame = np.concatenate([frame, strip], axis=0)
+        return frame
 
 
 def composed_size(kind: str, panels: Sequence[str], meta: dict, layout: str, hw) -> tuple:

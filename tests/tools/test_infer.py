@@ -16,11 +16,12 @@ from seguncert.config import ModelConfig
 from seguncert.data.common import DatasetMeta
 from seguncert.io.checkpoint import save_checkpoint
 from seguncert.models.build import build_model
-from seguncert.viz.overlays import title_height
+from seguncert.viz.overlays import legend_strip, title_height
 
 REPO = Path(__file__).resolve().parents[2]
 INFER = REPO / "tools" / "infer.py"
 CLASSES = ["road", "car", "sky"]
+PALETTE = [[128, 64, 128], [64, 0, 128], [128] * 3]
 
 
 def run_infer(*args, cwd=None):
@@ -43,7 +44,7 @@ def ckpt(tmp_path_factory):
         arch="unet", encoder="resnet18", num_classes=3, decoder_channels=[16, 8, 8, 8, 8]
     )
     model = build_model(cfg)
-    meta = DatasetMeta(class_names=CLASSES, palette=[[128, 64, 128], [64, 0, 128], [128] * 3])
+    meta = DatasetMeta(class_names=CLASSES, palette=PALETTE)
     run = tmp_path_factory.mktemp("ckpt")
     cal = {"format": "seguncert.calibrator", "version": 1, "kind": "temperature",
            "task": "segmentation", "num_classes": 3, "params": {"tau": 1.5}}  # fmt: skip
@@ -85,7 +86,8 @@ def test_end_to_end_overlay_video_stats_and_sheet(tmp_path, ckpt, clip):
     frames, fps = read_video(out)
     assert len(frames) == 5 and fps == pytest.approx(12.0)
     # input | segmentation | aleatoric | epistemic, each 64x96, under a title strip
-    assert frames[0].shape == (64 + title_height(64), 4 * 96, 3)
+    legend_h = legend_strip(CLASSES, PALETTE, 4 * 96, 64).shape[0]  # below the panels
+    assert frames[0].shape == (64 + title_height(64) + legend_h, 4 * 96, 3)
     with open(out.with_suffix(".csv")) as f:
         rows = list(csv.reader(f))
     assert rows[0][:4] == ["frame", "mean_aleatoric", "mean_epistemic", "frac_uncertain"]
@@ -122,7 +124,8 @@ def test_several_inputs_go_to_a_folder_with_fixed_scale(tmp_path, ckpt, clip):
     ]
     frames, fps = read_video(out / "seq.mp4")
     assert len(frames) == 3 and fps == pytest.approx(10.0)  # frame folders default to 10 fps
-    assert frames[0].shape == (2 * (40 + title_height(40)), 2 * 56, 3)
+    legend_h = legend_strip(CLASSES, PALETTE, 2 * 56, 40).shape[0]
+    assert frames[0].shape == (2 * (40 + title_height(40)) + legend_h, 2 * 56, 3)
 
 
 def write_zero_frame_avi(path):

@@ -14,6 +14,8 @@ from seguncert.viz.overlays import (
     draw_legend,
     format_tick,
     heatmap,
+    legend_strip,
+    segmentation_panel,
     title_height,
 )
 from seguncert.viz.panels import PanelRenderer, Scales, frame_stats, result_maps, stats_header
@@ -82,6 +84,19 @@ def test_legend_lists_present_classes_only():
     assert pal[0] in cols and pal[2] in cols and pal[1] not in cols
 
 
+def test_legend_strip_lists_every_class_and_keeps_its_height():
+    names = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree"]
+    pal = [(10 * i + 5, 200 - 20 * i, 30 + 15 * i) for i in range(len(names))]
+    wide = legend_strip(names, pal, 640, 120)
+    narrow = legend_strip(names, pal, 160, 120)
+    assert wide.shape[1] == 640 and narrow.shape[1] == 160
+    assert wide.shape[0] % 2 == 0 and narrow.shape[0] > wide.shape[0]  # wraps when narrow
+    for strip in (wide, narrow):
+        cols = set(map(tuple, strip.reshape(-1, 3)))
+        assert all(tuple(c) in cols for c in pal)
+    assert legend_strip(names, pal, 640, 120).shape == wide.shape  # same for every frame
+
+
 def test_compose_panels_row_and_grid():
     a = np.zeros((40, 60, 3), np.uint8)
     th = title_height(40)
@@ -132,7 +147,13 @@ def test_panel_renderer_and_stats_for_segmentation():
     pred[:, : w // 4] = 2
     render = PanelRenderer("segmentation", ["input", "seg", "aleatoric", "epistemic"], meta, scales)
     frame = render(np.zeros((h, w, 3), np.uint8), maps, pred)
-    assert frame.shape == (h + title_height(h), 4 * w, 3)
+    strip = legend_strip(meta["class_names"], meta["palette"], 4 * w, h)
+    assert frame.shape == (h + title_height(h) + strip.shape[0], 4 * w, 3)
+    assert np.array_equal(frame[-strip.shape[0] :], strip)  # the legend sits below the panels
+    seg_cell = frame[title_height(h) : title_height(h) + h, w : 2 * w]
+    plain = segmentation_panel(np.zeros((h, w, 3), np.uint8), pred, meta["class_names"],
+                               meta["palette"], legend=False)  # fmt: skip
+    assert np.array_equal(seg_cell, plain)  # nothing drawn over the segmentation itself
     row = frame_stats(7, maps, pred, "segmentation", meta["class_names"], scales.threshold)
     assert len(row) == len(stats_header("segmentation", meta["class_names"]))
     assert row[0] == 7 and row[4:] == pytest.approx([0.75, 0.0, 0.25])
