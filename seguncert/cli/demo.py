@@ -7,7 +7,8 @@ Steps (outputs under demo_out/, which git ignores):
   2. render demo_out/drive.mp4: 60 frames, 120x160, 10 fps, fixed seed; fog of rising severity
      (1 to 5) on frames 20-39, an animal standing on the road from frame 40 on;
   3. run tools/infer.py on it with MC dropout (T=8): demo_out/overlay.mp4, overlay.csv and
-     overlay_sheet.png;
+     overlay_sheet.png, with panels input | segmentation | aleatoric | epistemic | novelty
+     (the feature density fitted right after training);
   4. print the paths, then what the maps show: the model's val mIoU ("best miou X"), the
      animal's per-pixel AUROC / FPR95 under the epistemic map (and which map finds it best)
      and under the novelty map (the feature density, fitted on the training frames right

@@ -5,11 +5,14 @@ Each output frame is a row of panels, by checkpoint kind:
                 aleatoric (expected entropy, nats) | epistemic (mutual information, nats)
   depth:        input | depth (m) | aleatoric σ (m) | epistemic σ (m)
   joint:        input | segmentation | depth (m) | epistemic (segmentation MI, nats)
+  and, when the checkpoint carries a fitted feature density (tools/evaluate.py --fit-density;
+  tools/demo.py fits one), a last panel 'novelty': its score in standard deviations of the
+  training pixels' scores (the map that finds foreign objects; one extra pass per frame).
 Colour scales are fixed for a whole video: a calibration pass over 8 frames spread through it
 takes the 99th percentile of each uncertainty map (or --scale fixed:LO,HI); depth uses the
 checkpoint's [min_depth, max_depth]. The checkpoint's fitted calibration is applied.
 
-Panels (--panels): input, seg, aleatoric, epistemic, entropy (total); depth, depth_aleatoric,
+Panels (--panels): input, seg, aleatoric, epistemic, entropy (total), novelty; depth, depth_aleatoric,
 depth_epistemic, depth_total (σ in m). For depth checkpoints aleatoric/epistemic/entropy are the
 depth σ maps. --temporal K (TemporalMC, batch 1) runs K fresh samples per frame and fuses them
 with a decayed history of earlier frames' samples (--flow warps it along the optical flow).
@@ -19,7 +22,7 @@ over the calibration frames (--uncertain-threshold overrides it).
 Outputs: one input with --out ending .mp4/.avi writes that file (.avi: MJPG, else mp4v);
 otherwise --out is a folder holding <name>.mp4 per input. Beside each video: <name>.csv
 (per-frame statistics: mean aleatoric, mean epistemic, fraction of pixels whose epistemic value
-exceeds the 'uncertain' threshold, class fractions) and <name>_sheet.png (contact sheet of 6
+exceeds the 'uncertain' threshold, class fractions; mean and max novelty with that panel) and <name>_sheet.png (contact sheet of 6
 frames), unless --stats / --contact-sheet say otherwise (folders when there are several inputs).
 Every file is written atomically; existing outputs are kept unless --overwrite. Frames too
 large for the free memory are refused up front, naming the size (or the batch is reduced).
@@ -128,7 +131,24 @@ def check_outputs(plans: list[OutputPlan], overwrite: bool) -> None:
             check_writable(path)
 
 
-def build_predictors(args, models, infos, device):
+def novelty_scorer(model, info: dict, panels):
+    """The feature-density scorer when the panels show ``novelty`` (None otherwise); a one-line
+    error when the checkpoint has no fitted density."""
+    from ..uncertainty.feature_density import NoveltyScorer, load_density
+    from ..viz.panels import NOVELTY
+
+    if NOVELTY not in panels:
+        return None
+    density = load_density(info)
+    if density is None:
+        raise SeguncertError(
+            f"the novelty panel needs a feature density fitted on {info.get('sidecar_path')}: "
+            "run tools/evaluate.py --checkpoint ... --fit-density first"
+        )
+    return NoveltyScorer(model, density)
+
+
+def build_predictors(args, models, infos, device, panels=()):
     """(predictor for the video, predictor for the colour calibration pass)."""
     from ..inference.frames import FramePredictor, TemporalPredictor
     from ..uncertainty.checkpoint_calibration import checkpoint_calibrator
@@ -143,21 +163,26 @@ def build_predictors(args, models, infos, device):
         sampler = EnsembleSampler(models, args.mc_samples, calibrators=cals, **opts)
     else:
         sampler = MCSampler(models[0], samples=args.mc_samples, calibrator=cals[0], **opts)
-    calib = FramePredictor(sampler, infos[0]["meta"], device)
+    novelty = novelty_scorer(models[0], infos[0], panels)
+    calib = FramePredictor(sampler, infos[0]["meta"], device, novelty)
     if not args.temporal:
         return calib, calib
     from ..uncertainty.temporal import TemporalMC
 
     temporal = TemporalMC(models[0], args.temporal, flow=args.flow, calibrator=cals[0], **opts)
-    return TemporalPredictor(temporal, infos[0]["meta"], device), calib
+    return TemporalPredictor(temporal, infos[0]["meta"], device, novelty), calib
 
 
 def view_settings(args, info, size, device) -> dict:
     from ..tasks import checkpoint_task
-    from ..viz.panels import PanelRenderer, Scales
+    from ..uncertainty.feature_density import SIDECAR_KEY
+    from ..viz.panels import NOVELTY, PanelRenderer, Scales
 
     task = checkpoint_task(info)
-    panels = args.panels.split(",") if args.panels else list(task.default_panels)
+    default = list(task.default_panels)
+    if task.segmentation and info.get(SIDECAR_KEY):
+        default.append(NOVELTY)
+    panels = args.panels.split(",") if args.panels else default
     PanelRenderer(task.name, panels, info["meta"], Scales({}, 0.0))  # rejects bad --panels
     return {
         "kind": task.name,
@@ -200,7 +225,7 @@ def main(argv=None) -> int:
             view["batch"] = batch
         out_hw = composed_size(view["kind"], view["panels"], view["meta"], view["layout"], hw)
         probe_writer(plans[i].video, out_hw)
-    predict, calib = build_predictors(args, models, infos, device)
+    predict, calib = build_predictors(args, models, infos, device, view["panels"])
     total, t0 = 0, time.perf_counter()
     for i in mine:
         done, fps = render_source(sources[i], plans[i], predict, calib, view)

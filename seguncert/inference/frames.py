@@ -4,7 +4,9 @@
 independent, batched) and :class:`TemporalPredictor` a
 :class:`~seguncert.uncertainty.temporal.TemporalMC` (one frame at a time, in order, with the frame
 itself for the optical flow). Both normalise with the checkpoint's mean/std, pad to a multiple
-of 32 (the networks downsample 5 times) and crop the maps back to the frame.
+of 32 (the networks downsample 5 times) and crop the maps back to the frame. Given a
+:class:`~seguncert.uncertainty.feature_density.NoveltyScorer` with a fitted density, both add
+its map as ``novelty`` (one more eval-mode pass per frame, about 1/T of the sampling).
 
 :func:`check_memory` estimates the memory a frame size needs before anything runs, so a huge
 input is refused (or its batch reduced) up front with the size named, instead of failing after
@@ -44,19 +46,26 @@ def _to_numpy(out: dict, h: int, w: int, n: int) -> list[dict]:
 
 
 class FramePredictor:
-    """``FramePredictor(sampler, meta, device)(frames) -> [{map name: (H, W) array}, ...]``."""
+    """``FramePredictor(sampler, meta, device, novelty=None)(frames) -> [{map name: (H, W)
+    array}, ...]``."""
 
     batched = True
 
-    def __init__(self, sampler, meta: dict, device) -> None:
+    def __init__(self, sampler, meta: dict, device, novelty=None) -> None:
         self.sampler, self.meta, self.device = sampler, meta, torch.device(device)
+        self.novelty = novelty
 
     def __call__(self, frames: Sequence[np.ndarray]) -> list[dict]:
         h, w = frames[0].shape[:2]
         x = frames_to_batch(frames, self.meta, self.device)
         with torch.inference_mode():
-            out = self.sampler(x)
+            out = self._with_novelty(self.sampler(x), x)
         return _to_numpy(out, h, w, len(frames))
+
+    def _with_novelty(self, out: dict, x: torch.Tensor) -> dict:
+        if self.novelty is not None:
+            out = {**out, "novelty": self.novelty(x)["feature_density"]}
+        return out
 
     def reset(self) -> None:
         """Start of a new input (nothing to forget: frames are independent)."""
@@ -74,6 +83,7 @@ class TemporalPredictor(FramePredictor):
         x = frames_to_batch(frames, self.meta, self.device)
         with torch.inference_mode():
             out = self.sampler(x, frame_rgb=frames[0])  # unpadded: aligned top-left
+            out = self._with_novelty(out, x)
         return _to_numpy(out, h, w, 1)
 
     def reset(self) -> None:

@@ -22,7 +22,14 @@ from ..io.video_reader import FrameReader
 from ..io.video_writer import AtomicVideoWriter, write_image
 from ..runtime.progress import Progress
 from ..viz.overlays import contact_sheet
-from ..viz.panels import PanelRenderer, Scales, frame_stats, result_maps, stats_header
+from ..viz.panels import (
+    NOVELTY,
+    PanelRenderer,
+    Scales,
+    frame_stats,
+    result_maps,
+    stats_header,
+)
 
 SHEET_FRAMES = 6
 CALIBRATION_FRAMES = 8
@@ -118,7 +125,8 @@ def render_source(source, plan: OutputPlan, predict, calibrate, view: dict) -> t
         rows, sheet, done = overlay_video(reader, predict, render, plan, batch, bar)
     fps = done / max(time.perf_counter() - t0, 1e-9)
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows([stats_header(kind, render.class_names), *rows])
+    header = stats_header(kind, render.class_names, NOVELTY in render.panels)
+    csv.writer(buf, lineterminator="\n").writerows([header, *rows])
     atomic_write_bytes(plan.stats, buf.getvalue().encode())
     labels = [f"frame {i}" for i, _ in sheet]
     write_image(plan.sheet, contact_sheet([f for _, f in sheet], 2, labels))

@@ -10,7 +10,11 @@ Panels by name (``--panels`` of tools/infer.py):
   mutual information and predictive entropy (nats); depth checkpoints: aleatoric and epistemic
   standard deviation σ (metres; entropy is the total σ);
 - ``depth``: fused depth (metres); ``depth_aleatoric`` / ``depth_epistemic``: σ in metres
-  (joint checkpoints, where ``aleatoric`` / ``epistemic`` mean the segmentation maps).
+  (joint checkpoints, where ``aleatoric`` / ``epistemic`` mean the segmentation maps);
+- ``novelty``: segmentation checkpoints with a fitted feature density
+  (:mod:`seguncert.uncertainty.feature_density`): its score, in standard deviations of the
+  training pixels' scores above their mean (0 = a typical training pixel), the map that finds
+  foreign objects (docs/benchmarks.md, novelty section).
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ MAP_STYLE = {
     "depth_aleatoric": ("aleatoric std", "viridis", "m"),
     "depth_epistemic": ("epistemic std", "viridis", "m"),
     "depth_total": ("total std", "viridis", "m"),
+    "novelty": ("novelty", "magma", "sd"),
 }
+NOVELTY = "novelty"
 # For a depth checkpoint the generic names point at the depth maps.
 DEPTH_ALIASES = {
     "aleatoric": "depth_aleatoric",
@@ -55,7 +61,7 @@ def panel_names(kind: str) -> tuple[str, ...]:
     task = get_task(kind, "checkpoint kind")
     names = ["input"]
     if task.segmentation:
-        names += ["seg", *SEG_MAPS]
+        names += ["seg", *SEG_MAPS, NOVELTY]
     if task.depth:
         names += ["depth", *DEPTH_MAPS]
         if not task.segmentation:
@@ -81,6 +87,8 @@ def result_maps(result: dict, kind: str) -> dict[str, np.ndarray]:
         maps["depth"] = d["depth"]
         for k, var in zip(DEPTH_MAPS, ("aleatoric_var", "epistemic_var", "total_var"), strict=True):
             maps[k] = np.sqrt(np.maximum(d[var], 0.0))
+    if NOVELTY in result:
+        maps[NOVELTY] = result[NOVELTY]
     return maps
 
 
@@ -110,7 +118,8 @@ class Scales:
         percentile: float = 99.0,
     ) -> Scales:
         """Uncertainty maps: [0, 99th percentile over the calibration frames] (or ``fixed``);
-        depth: the checkpoint's [min_depth, max_depth] (calibration percentiles when absent).
+        depth: the checkpoint's [min_depth, max_depth] (calibration percentiles when absent);
+        novelty: [0 (the training mean), 99th percentile] (``fixed`` is in nats: not for it).
         Threshold: ``threshold`` or the 90th percentile of the epistemic map."""
         names = sorted({k for m in frames_maps for k in m})
         ranges: dict[str, tuple[float, float]] = {}
@@ -121,7 +130,7 @@ class Scales:
                 lo, hi = meta.get("min_depth"), meta.get("max_depth")
                 if lo is None or hi is None or not hi > lo:
                     lo, hi = np.percentile(vals, [1.0, percentile]) if vals.size else (0.0, 1.0)
-            elif fixed is not None:
+            elif fixed is not None and name != NOVELTY:
                 lo, hi = fixed
             else:
                 lo, hi = 0.0, float(np.percentile(vals, percentile)) if vals.size else 1.0
@@ -198,7 +207,7 @@ class PanelRenderer:
 def composed_size(kind: str, panels: Sequence[str], meta: dict, layout: str, hw) -> tuple:
     """(H, W) of the frames :class:`PanelRenderer` composes for ``hw``-sized inputs."""
     h, w = hw
-    names = set(MAP_STYLE) | set(SEG_MAPS) | set(DEPTH_MAPS)
+    names = set(MAP_STYLE)
     scales = Scales({n: (0.0, 1.0) for n in names}, 0.0)
     render = PanelRenderer(kind, panels, meta, scales, layout)
     zeros = {n: np.zeros((h, w), np.float32) for n in names}
@@ -206,13 +215,15 @@ def composed_size(kind: str, panels: Sequence[str], meta: dict, layout: str, hw)
     return frame.shape[:2]
 
 
-def stats_header(kind: str, class_names: Sequence[str]) -> list[str]:
+def stats_header(kind: str, class_names: Sequence[str], novelty: bool = False) -> list[str]:
     task = get_task(kind)
     cols = ["frame", "mean_aleatoric", "mean_epistemic", "frac_uncertain"]
     if task.segmentation:
         cols += [f"frac_{n}" for n in class_names]
     if task.depth:
         cols += ["mean_depth"]
+    if novelty:
+        cols += ["mean_novelty", "max_novelty"]
     return cols
 
 
@@ -225,7 +236,9 @@ def frame_stats(
     threshold: float,
 ) -> list:
     """One CSV row (order of :func:`stats_header`): means of the aleatoric and epistemic maps,
-    share of pixels whose epistemic value exceeds ``threshold``, class shares, mean depth."""
+    share of pixels whose epistemic value exceeds ``threshold``, class shares, mean depth, and
+    the mean and maximum of the novelty map when there is one (a small foreign object moves
+    the maximum, not the mean)."""
     ale, epi = uncertainty_key(kind)
     row = [
         index,
@@ -239,4 +252,6 @@ def frame_stats(
         row += (counts / max(pred.size, 1)).tolist()
     if task.depth:
         row.append(float(np.mean(maps["depth"])))
+    if NOVELTY in maps:
+        row += [float(np.mean(maps[NOVELTY])), float(np.max(maps[NOVELTY]))]
     return row

@@ -222,3 +222,57 @@ def test_a_frame_the_codec_cannot_encode_is_refused_before_inference(tmp_path, c
     assert r.returncode == 2
     line = r.stderr.strip().splitlines()[-1]
     assert "10400x" in line and "--size" in line and "frames/s" not in r.stdout
+
+
+def gradient_frame(i: int, h: int = 48, w: int = 64) -> np.ndarray:
+    x = np.linspace(0, 255, w)[None, :] + 20 * i
+    return np.stack([np.tile(x, (h, 1)) % 256] * 3, axis=-1).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def dense_ckpt(tmp_path_factory, ckpt):
+    """The tiny checkpoint with a feature density fitted on gradient frames like the clip's."""
+    from seguncert.data.transforms import normalize_image
+    from seguncert.io.checkpoint import load_checkpoint
+    from seguncert.uncertainty.feature_density import fit_feature_density, store_density
+
+    run = tmp_path_factory.mktemp("dense")
+    for f in ckpt.iterdir():
+        (run / f.name).write_bytes(f.read_bytes())
+    model, info = load_checkpoint(run)
+    meta = info["meta"]
+    frames = [gradient_frame(i) for i in range(8)]
+    image = torch.stack([normalize_image(f, meta["mean"], meta["std"]) for f in frames])
+    label = torch.from_numpy(np.stack([(f[..., 0] // 86).astype(np.int64) for f in frames]))
+    density = fit_feature_density(model, [{"image": image, "label": label}], 3)
+    store_density(info["sidecar_path"], info, density)
+    return run
+
+
+def test_a_fitted_density_adds_the_novelty_panel_and_columns(tmp_path, dense_ckpt):
+    """Default panels gain 'novelty' (a fifth panel); the CSV's max_novelty is higher on a
+    frame with a noise patch the density never saw than on the gradient frames it was fit on."""
+    seq = tmp_path / "seq"
+    seq.mkdir()
+    plain, patched = gradient_frame(1), gradient_frame(1)
+    patched[12:36, 20:44] = np.random.default_rng(0).integers(0, 256, (24, 24, 3))
+    cv2.imwrite(str(seq / "a.png"), plain)
+    cv2.imwrite(str(seq / "b.png"), patched)
+    out = tmp_path / "o.mp4"
+    r = run_infer("--checkpoint", dense_ckpt, "--input", seq, "--out", out, "--mc-samples", 2)
+    assert r.returncode == 0, r.stderr
+    frames, _ = read_video(out)
+    assert frames[0].shape[1] == 5 * 64
+    with open(out.with_suffix(".csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[1]["max_novelty"]) > float(rows[0]["max_novelty"]) + 1.0
+    assert all(float(r["max_novelty"]) >= float(r["mean_novelty"]) for r in rows)
+
+
+def test_the_novelty_panel_without_a_density_is_one_line(tmp_path, ckpt, clip):
+    out = tmp_path / "o.mp4"
+    r = run_infer("--checkpoint", ckpt, "--input", clip, "--out", out, "--panels",
+                  "input,novelty", "--mc-samples", 1)  # fmt: skip
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "--fit-density" in lines[0], r.stderr
+    assert not out.exists()
