@@ -161,6 +161,28 @@ def test_panel_renderer_and_stats_for_segmentation():
         PanelRenderer("segmentation", ["input", "depth"], meta, scales)
 
 
+def test_novelty_map_scale_and_statistics():
+    """The novelty map keeps its own [0, p99] range under --scale fixed (that is in nats), is
+    drawn as a panel, and adds its mean and maximum to the CSV row."""
+    h, w = 16, 20
+    rng = np.random.default_rng(1)
+    res = {k: rng.random((h, w)).astype(np.float32) for k in ("aleatoric", "epistemic", "entropy")}
+    res["novelty"] = (rng.standard_normal((h, w)) * 3).astype(np.float32)
+    maps = result_maps(res, "segmentation")
+    scales = Scales.calibrate([maps], {}, "segmentation", fixed=(0.0, 0.5))
+    assert scales.ranges["aleatoric"] == (0.0, 0.5)
+    assert scales.ranges["novelty"] == pytest.approx((0.0, np.percentile(maps["novelty"], 99)))
+    meta = {"class_names": ["a", "b"], "palette": [[255, 0, 0], [0, 255, 0]]}
+    render = PanelRenderer("segmentation", ["input", "novelty"], meta, scales)
+    assert render.titles() == ["input", "novelty"]
+    assert render(np.zeros((h, w, 3), np.uint8), maps, None).shape[1] == 2 * w
+    pred = np.zeros((h, w), np.int64)
+    row = frame_stats(0, maps, pred, "segmentation", meta["class_names"], scales.threshold)
+    header = stats_header("segmentation", meta["class_names"], novelty=True)
+    assert len(row) == len(header) and header[-2:] == ["mean_novelty", "max_novelty"]
+    assert row[-2:] == pytest.approx([maps["novelty"].mean(), maps["novelty"].max()])
+
+
 def test_depth_maps_are_standard_deviations():
     var = np.full((4, 4), 0.25, np.float32)
     res = {"depth": var + 1, "aleatoric_var": var, "epistemic_var": var * 4, "total_var": var * 5}
