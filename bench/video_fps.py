@@ -52,7 +52,7 @@ from _common import (
 from seguncert.errors import ConfigError, SeguncertError, run_cli
 
 CLIP_LINE = re.compile(r": (\d+) frames, ([0-9.]+) frames/s ->")
-DONE_LINE = re.compile(r"\(([0-9.]+) frames/s including calibration\)")
+DONE_LINE = re.compile(r"^done: .* in [0-9.]+ s \(([0-9.]+) frames/s\)", re.M)
 
 
 def write_clip(folder: Path, source: str, n: int, size, data_root) -> Path:
@@ -87,7 +87,8 @@ def fresh_checkpoint(folder: Path, seed: int) -> Path:
 def run_infer(ckpt, clip: Path, out: Path, samples: int, temporal: int, args) -> dict:
     cmd = [sys.executable, str(REPO / "tools" / "infer.py"), "--checkpoint", str(ckpt),
            "--input", str(clip), "--out", str(out / "clip.mp4"), "--mc-samples", str(samples),
-           "--temporal", str(temporal), "--device", args.device, "--seed", str(args.seed)]  # fmt: skip
+           "--temporal", str(temporal), "--device", args.device, "--seed", str(args.seed),
+           "--overwrite"]  # fmt: skip
     if args.flow and temporal:
         cmd.append("--flow")
     t0 = time.perf_counter()

@@ -165,9 +165,17 @@ class LinearHead:
                 draw(i, gen)
         else:
             gens = [torch.Generator(device=device) for _ in range(workers)]
+            # Inference mode is per thread: a buffer made under the caller's must be written
+            # under it, or torch refuses the in-place draw.
+            mode = torch.is_inference_mode_enabled()
+
+            def work(w: int) -> None:
+                with torch.inference_mode(mode):
+                    for i in range(w, len(ids), workers):
+                        draw(i, gens[w])
+
             with ThreadPoolExecutor(workers) as pool:  # torch releases the GIL while drawing
-                list(pool.map(lambda w: [draw(i, gens[w]) for i in range(w, len(ids), workers)],
-                              range(workers)))  # fmt: skip
+                list(pool.map(work, range(workers)))
         return raw.view(torch.uint8)[:, :n]
 
     def run(

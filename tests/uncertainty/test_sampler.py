@@ -331,15 +331,18 @@ def test_fast_head_tiles_and_draw_groups(monkeypatch):
     _close_rel(MCSampler(decoder, samples=4, seed=5)(x), naive_mc(decoder, x, 4, seed=5))
 
 
-def test_fast_head_parallel_draws_are_the_hooks_bytes():
+@pytest.mark.parametrize("inference", [False, True])
+def test_fast_head_parallel_draws_are_the_hooks_bytes(inference):
     # with several torch threads the masks' random bytes are drawn by a thread pool, one
-    # generator per thread: the same bytes as the dropout hook's single generator
+    # generator per thread: the same bytes as the dropout hook's single generator; under
+    # torch.inference_mode (as tools/infer.py runs) the pool's threads must enter it too
     model = _unet("classifier")
     x = torch.randn(1, 3, 32, 48, generator=torch.Generator().manual_seed(9))
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        fast = MCSampler(model, samples=7, seed=6)(x)
+        with torch.inference_mode(inference):
+            fast = MCSampler(model, samples=7, seed=6)(x)
     finally:
         torch.set_num_threads(threads)
     _close_rel(fast, naive_mc(model, x, samples=7, seed=6))
