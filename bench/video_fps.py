@@ -2,9 +2,9 @@
 
 Speed mode (default): tools/infer.py is run as a subprocess on one clip for T in --samples and
 with temporal reuse (--temporal K: K fresh samples per frame fused with a decayed history,
-colour scales still calibrated with T = 20), and its own per-clip figure is parsed: frames/s of
-the overlay pass (MC maps + panel rendering + video encoding; the colour-scale calibration pass
-and model loading are excluded, and reported apart from the tool's final line). The clip is a
+colour scales still calibrated with T = 20), and its own figures are parsed: frames/s of the
+clip (colour-scale calibration pass, whose results the frame-independent video pass reuses,
+MC maps, panel rendering, video encoding; model loading excluded) and of its final line. The clip is a
 street drive rendered by seguncert.data.synthetic.render_sequence (--source synthetic) or the
 first CamVid val frames (0016E5, in order; --source camvid). Without --checkpoint a freshly
 initialised model is saved with the checkpoint API: speed does not depend on training.
@@ -98,7 +98,7 @@ def run_infer(ckpt, clip: Path, out: Path, samples: int, temporal: int, args) ->
     if res.returncode != 0 or not clip_m or not done_m:
         tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
         raise SeguncertError(f"tools/infer.py failed (exit {res.returncode}): {tail[0]}")
-    return {"fps": float(clip_m.group(2)), "fps_incl_calibration": float(done_m.group(1)),
+    return {"fps": float(clip_m.group(2)), "fps_total": float(done_m.group(1)),
             "frames": int(clip_m.group(1)), "process_s": wall}  # fmt: skip
 
 
@@ -120,10 +120,10 @@ def speed_mode(args, device) -> dict:
             for name, (t, k) in runs.items():
                 results[name].append(run_infer(ckpt, clip, tmp / "out", t, k, args))
     fps = {k: statistics.median(r["fps"] for r in v) for k, v in results.items()}
-    incl = {k: statistics.median(r["fps_incl_calibration"] for r in v) for k, v in results.items()}
+    incl = {k: statistics.median(r["fps_total"] for r in v) for k, v in results.items()}
     rows = [[k, fps[k], incl[k], fps[k] / fps[f"T{ts[0]}"]] for k in runs]
-    print_table(["setting", "frames/s", "incl. calib", f"x T{ts[0]}"], rows)
-    out = {"bench": "video_fps", "fps": fps, "fps_incl_calibration": incl,
+    print_table(["setting", "frames/s", "done: line", f"x T{ts[0]}"], rows)
+    out = {"bench": "video_fps", "fps": fps, "fps_total": incl,
            "frames": n, "size": list(size), "source": args.source,
            "checkpoint": str(args.checkpoint) if args.checkpoint else "fresh (untrained)"}  # fmt: skip
     if "T20" in fps:

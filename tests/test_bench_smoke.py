@@ -20,4 +20,4 @@ def test_video_fps_quick_runs_per_frame_and_temporal():
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(out["fps"]) == {"T1", "temporal_K2_T20"}
     assert all(v > 0 for v in out["fps"].values())
-    assert all(0 < out["fps_incl_calibration"][k] <= out["fps"][k] * 1.05 for k in out["fps"])
+    assert all(0 < out["fps_total"][k] <= out["fps"][k] * 1.05 for k in out["fps"])

@@ -3,7 +3,8 @@
 Decoding runs in the reader's thread (:class:`~seguncert.io.video_reader.FrameReader`); frames
 go through the predictor ``batch`` at a time; composed frames stream into an atomic video
 writer. A calibration pass over a few frames spread through the video fixes the colour scales
-first, so the panels of every frame share one scale.
+first, so the panels of every frame share one scale; with frame-independent sampling its
+results are reused when the video pass reaches those frames.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ..viz.panels import (
 
 SHEET_FRAMES = 6
 CALIBRATION_FRAMES = 8
+CACHE_BYTES = 256 * 2**20  # calibration results kept for reuse, at most
 
 
 @dataclass
@@ -50,13 +52,32 @@ def spread(n: int | None, k: int) -> list[int] | None:
     return sorted(set(np.linspace(0, n - 1, min(k, n)).round().astype(int).tolist())) if n else None
 
 
-def calibrate_video(reader, predict, kind, meta, fixed, threshold, batch) -> Scales:
+def calibrate_video(reader, predict, kind, meta, fixed, threshold, batch):
     """Fix a video's colour scales from frames spread through it (the first ones when the
-    frame count is unknown); ``predict(frames) -> list of result dicts``."""
+    frame count is unknown); ``predict(frames) -> list of result dicts``. Returns (scales,
+    {frame index: (rgb, result)} of the calibration frames)."""
     wanted = spread(reader.frame_count, CALIBRATION_FRAMES) or range(CALIBRATION_FRAMES)
-    cal = [f for _, f in reader.read_frames(wanted)]
-    res = [r for k in range(0, len(cal), batch) for r in predict(cal[k : k + batch])]
-    return Scales.calibrate([result_maps(r, kind) for r in res], meta, kind, fixed, threshold)
+    cal = reader.read_frames(wanted)
+    frames = [f for _, f in cal]
+    res = [r for k in range(0, len(frames), batch) for r in predict(frames[k : k + batch])]
+    scales = Scales.calibrate([result_maps(r, kind) for r in res], meta, kind, fixed, threshold)
+    held = sum(f.nbytes + sum(v.nbytes for v in r.values()) for f, r in zip(frames, res))
+    if held > CACHE_BYTES:  # huge frames: recompute them rather than hold them
+        return scales, {}
+    return scales, {i: (f, r) for (i, f), r in zip(cal, res, strict=True)}
+
+
+def predict_with_cache(predict, pending: list, cached: dict) -> list[dict]:
+    """Results for the (index, rgb) items of ``pending``: those the calibration pass already
+    computed on the same pixels are reused, the rest go through ``predict`` as one batch."""
+    hits = {
+        j: cached.pop(i)[1]
+        for j, (i, rgb) in enumerate(pending)
+        if i in cached and np.array_equal(cached[i][0], rgb)
+    }
+    todo = [rgb for j, (_, rgb) in enumerate(pending) if j not in hits]
+    fresh = iter(predict(todo) if todo else [])
+    return [hits[j] if j in hits else next(fresh) for j in range(len(pending))]
 
 
 def _batches(reader, batch: int):
@@ -70,15 +91,21 @@ def _batches(reader, batch: int):
         yield pending
 
 
-def overlay_video(reader, predict, render: PanelRenderer, plan: OutputPlan, batch, progress):
-    """Every frame of ``reader`` through ``predict``, composed by ``render``, into the video of
-    ``plan`` (and PNGs in ``plan.frames_dir``). Returns (statistics rows, [(index, frame)] for
-    the contact sheet, frames done)."""
+def overlay_video(
+    reader, predict, render: PanelRenderer, plan: OutputPlan, batch, progress, cached=None
+):
+    """Every frame of ``reader`` through ``predict`` (or taken from ``cached``, see
+    :func:`predict_with_cache`), composed by ``render``, into the video of ``plan`` (and PNGs
+    in ``plan.frames_dir``). Returns (statistics rows, [(index, frame)] for the contact sheet,
+    frames done)."""
     rows, sheet, done, writer = [], [], 0, None
     sheet_idx = spread(reader.frame_count, SHEET_FRAMES)
+    cached = dict(cached or {})
     try:
         for pending in _batches(reader, batch):
-            for (i, rgb), res in zip(pending, predict([f for _, f in pending]), strict=True):
+            for (i, rgb), res in zip(
+                pending, predict_with_cache(predict, pending, cached), strict=True
+            ):
                 pred = res["pred"].astype(np.int64) if "pred" in res else None
                 maps = result_maps(res, render.kind)
                 frame = render(rgb, maps, pred)
@@ -114,15 +141,18 @@ def render_source(source, plan: OutputPlan, predict, calibrate, view: dict) -> t
     size, batch, scale (fixed (lo, hi) or None), threshold."""
     reader = FrameReader(source, size=view["size"])
     kind, meta = view["kind"], view["meta"]
-    scales = calibrate_video(
+    t0 = time.perf_counter()  # frames/s of the whole input: the calibration pass included
+    scales, cal = calibrate_video(
         reader, calibrate, kind, meta, view["scale"], view["threshold"], view["batch"]
     )
     render = PanelRenderer(kind, view["panels"], meta, scales, view["layout"])
     batch = view["batch"] if predict.batched else 1
     predict.reset()  # a new input starts a new history
-    t0 = time.perf_counter()
+    # Frames are independent unless the video pass fuses history: then reuse the calibration
+    # frames' results instead of computing them twice.
+    reuse = cal if predict is calibrate else None
     with Progress(reader.frame_count, source.name, unit="frame", rate_unit="frames") as bar:
-        rows, sheet, done = overlay_video(reader, predict, render, plan, batch, bar)
+        rows, sheet, done = overlay_video(reader, predict, render, plan, batch, bar, reuse)
     fps = done / max(time.perf_counter() - t0, 1e-9)
     buf = io.StringIO()
     header = stats_header(kind, render.class_names, NOVELTY in render.panels)
