@@ -13,7 +13,9 @@ prediction. Round 0 is one model per seed, shared by the arms.
 Every step is a file in --out, so an interrupted study continues where it stopped (a finished
 train, evaluation or selection is not run again). Independent arms run --jobs at a time, one
 torch thread each. The summary gives, per arm and budget, the mean and spread over seeds, and
-the paired difference to random (same seed, same initial frames).
+the paired difference to random (same seed, same initial frames), and the share of each CamVid
+sequence in the labelled sets (val is sequence 0016E5, which is also 204 of the 367 training
+frames: an arm that follows the pool's own mix labels val-like frames).
 
     .venv/bin/python bench/active_learning.py --seeds 0,1,2 --jobs 2 \\
         --out runs/active --figure docs/active_learning.png --json
@@ -154,7 +156,8 @@ def round_zero(args, names: list[str], seed: int) -> dict:
     step = Path(args.out) / f"seed{seed}" / "round0"
     step.mkdir(parents=True, exist_ok=True)
     run = train(args, frames, step, seed)
-    row = {"seed": seed, "round": 0, "labelled": len(frames), **evaluate(args, run, step)}
+    row = {"seed": seed, "round": 0, "labelled": len(frames), "sequences": sequences(frames),
+           **evaluate(args, run, step)}  # fmt: skip
     print(f"seed {seed} round 0: {len(frames)} frames, mIoU {100 * row['miou']:.1f}%", flush=True)
     return {"frames": frames, "run": run, "row": row}
 
@@ -168,11 +171,33 @@ def arm_chain(args, names: list[str], seed: int, arm: str, start: dict) -> list[
         pool = sorted(set(names) - set(frames))
         frames = sorted(frames + acquire(args, arm, run, pool, step, seed))
         run = train(args, frames, step, seed)
-        row = {"seed": seed, "arm": arm, "round": r, "labelled": len(frames)}
+        row = {"seed": seed, "arm": arm, "round": r, "labelled": len(frames),
+               "sequences": sequences(frames)}  # fmt: skip
         rows.append({**row, **evaluate(args, run, step)})
         print(f"seed {seed} {arm} round {r}: {len(frames)} frames, "
               f"mIoU {100 * rows[-1]['miou']:.1f}%", flush=True)  # fmt: skip
     return rows
+
+
+def sequences(frames: list[str]) -> dict[str, int]:
+    """Labelled frames per CamVid sequence (the name's prefix, e.g. 0016E5: val's sequence)."""
+    out: dict[str, int] = {}
+    for f in frames:
+        out[f.split("_", 1)[0]] = out.get(f.split("_", 1)[0], 0) + 1
+    return dict(sorted(out.items()))
+
+
+def print_mix(rows: list[dict], arms: list[str]) -> None:
+    """Share (%) of each sequence in the labelled sets, mean over seeds, per arm and budget."""
+    names = sorted({k for r in rows for k in r["sequences"]})
+    print("| arm | labelled | " + " | ".join(f"{n} %" for n in names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for arm in arms:
+        for n in sorted({r["labelled"] for r in rows if r["arm"] == arm}):
+            cell = [r for r in rows if r["arm"] == arm and r["labelled"] == n]
+            share = [statistics.fmean(100 * r["sequences"].get(k, 0) / n for r in cell)
+                     for k in names]  # fmt: skip
+            print(f"| {arm} | {n} | " + " | ".join(f"{v:.0f}" for v in share) + " |")
 
 
 def summarise(rows: list[dict], arms: list[str]) -> list[dict]:
@@ -253,6 +278,7 @@ def main(argv=None) -> int:
     rows += [r for chain in chains for r in chain]
     table = summarise(rows, args.arm_list)
     print_table(table)
+    print_mix(rows, args.arm_list)
     if args.figure:
         plot(table, args.arm_list, args.figure)
     (Path(args.out) / "results.json").write_text(json.dumps({"rows": rows, "table": table}))
