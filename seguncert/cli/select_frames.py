@@ -14,19 +14,20 @@ with a pick's (the same view seen again). A --budget above what is eligible take
 
 Outputs in --out: scores.jsonl (every scored frame, all four scores, per-class MI; resumable:
 a run stopped at any point continues where it was, and a rerun with --overwrite and another
---acquisition, --budget or diversity setting re-selects without scoring again), picks/
-<input>_<frame>.png (the
-picked frames at native resolution, for a labelling tool), contact_sheet.png (each pick beside
-its MI map) and picks.csv (rank, input, frame, time_s, path, png, scores, mi_<class>), written
-last. Existing picks are kept unless --overwrite; scores made with other settings (checkpoint,
-T, seed, inputs, stride, size) are refused unless --overwrite (then scored again).
+--acquisition, --budget or diversity setting re-selects without scoring again),
+picks/<input>_<frame>.png (the picked frames at native resolution, for a labelling tool),
+contact_sheet.png (each pick beside its MI map) and picks.csv (rank, input, frame, time_s,
+path, png, scores, mi_<class>), written last. Existing picks are kept unless --overwrite;
+scores made with other settings (checkpoint, T, seed, inputs, stride, size) are refused
+unless --overwrite (then scored again).
 
 Time (measured on this project's 2-core CPU, one thread, the CamVid CPU recipe's U-Net
 resnet18 with central dropout, scored at its 180x240 training size, T = 8): a frame costs
 0.93 s of CPU, 1.1-1.6 s wall while the other core and this one also ran other jobs. A
-10-minute 15 fps 360x480 video is 9000 frames, 600 scored at the default stride of 15: about
-11 minutes on a free core, 12-18 minutes on a shared one (decoding all 9000 frames adds ~9 s,
-reading back and mapping 20 picks ~30 s). Cost grows with the scored frames x T x pixels:
+10-minute 15 fps 360x480 video is 9000 frames, 600 scored at the default stride of 15:
+measured end to end with both cores free and torch's default 2 threads, 4 min 50 s (600
+frames scored in 265 s, then 20 picks read back and mapped); about 11 minutes on one free
+core, 12-18 minutes on a shared one. Cost grows with the scored frames x T x pixels:
 --size 360x480 is ~4x (3.6 s CPU per frame: ~40 minutes), --stride 30 halves it. Frames are
 scored one at a time (every frame sees the same dropout masks, so a score does not depend on
 its neighbours or on a resume).

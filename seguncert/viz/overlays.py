@@ -263,22 +263,25 @@ def contact_sheet(
     frames: Sequence[np.ndarray], cols: int = 3, labels: Sequence[str] | None = None, gap: int = 4
 ) -> np.ndarray:
     """Tile frames (resized to the first frame's size) into a grid ``cols`` wide with ``gap``
-    pixels of black between them; optional labels at each tile's bottom-left."""
+    pixels of black between them; with ``labels``, each tile gets its label in a strip of its
+    own above it (drawn over the frame it would hide a title or the class legend)."""
     if not frames:
         raise ValueError("contact_sheet needs at least one frame")
     h, w = frames[0].shape[:2]
     cols = max(1, min(cols, len(frames)))
     rows = -(-len(frames) // cols)
-    sheet = np.zeros((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap, 3), np.uint8)
+    lh = title_height(min(h, 360)) if labels is not None else 0
+    th = lh + h  # one tile with its label strip
+    sheet = np.zeros((rows * th + (rows - 1) * gap, cols * w + (cols - 1) * gap, 3), np.uint8)
     for k, f in enumerate(frames):
         if f.shape[:2] != (h, w):
             f = cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA)
         r, c = divmod(k, cols)
-        tile = sheet[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w]
-        tile[:] = f
-        if labels is not None and k < len(labels) and labels[k]:
-            fs = _font_scale(min(h, 360))
-            _text(tile, labels[k], (4, h - 5), fs)
+        tile = sheet[r * (th + gap) : r * (th + gap) + th, c * (w + gap) : c * (w + gap) + w]
+        tile[lh:] = f
+        if lh and k < len(labels) and labels[k]:
+            fs = min(_font_scale(min(h, 360)), lh / 22.0 * 0.9)
+            _text(tile, labels[k], (4, lh - max(2, lh // 5)), fs)
     return sheet
 
 

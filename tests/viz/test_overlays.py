@@ -116,6 +116,12 @@ def test_contact_sheet_grid_shape():
     sheet = contact_sheet(frames, cols=2, gap=4)
     assert sheet.shape == (3 * 30 + 2 * 4, 2 * 50 + 4, 3)
     assert (sheet[0, 0] == 0).all() and (sheet[0, 54] == 40).all()
+    # labels go in a strip above each tile: the frames' own pixels stay untouched
+    labelled = contact_sheet(frames, cols=2, labels=[f"frame {i}" for i in range(5)], gap=4)
+    lh = title_height(30)
+    assert labelled.shape == (3 * (lh + 30) + 2 * 4, 2 * 50 + 4, 3)
+    assert labelled[:lh, :50].max() > 0  # the label is drawn
+    assert (labelled[lh : lh + 30, 54:] == 40).all()  # tile 1 intact below its label
 
 
 def test_depth_panel_metres_scale():
