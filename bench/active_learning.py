@@ -28,6 +28,7 @@ import json
 import statistics
 import subprocess
 import sys
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -181,10 +182,7 @@ def arm_chain(args, names: list[str], seed: int, arm: str, start: dict) -> list[
 
 def sequences(frames: list[str]) -> dict[str, int]:
     """Labelled frames per CamVid sequence (the name's prefix, e.g. 0016E5: val's sequence)."""
-    out: dict[str, int] = {}
-    for f in frames:
-        out[f.split("_", 1)[0]] = out.get(f.split("_", 1)[0], 0) + 1
-    return dict(sorted(out.items()))
+    return dict(sorted(Counter(f.split("_", 1)[0] for f in frames).items()))
 
 
 def print_mix(rows: list[dict], arms: list[str]) -> None:

@@ -4,8 +4,8 @@ Speed mode (default): tools/infer.py is run as a subprocess on one clip for T in
 with temporal reuse (--temporal K: K fresh samples per frame fused with a decayed history,
 colour scales still calibrated with T = 20), and its own figures are parsed: frames/s of the
 clip (colour-scale calibration pass, whose results the frame-independent video pass reuses,
-MC maps, panel rendering, video encoding; model loading excluded) and of its final line. The clip is a
-street drive rendered by seguncert.data.synthetic.render_sequence (--source synthetic) or the
+MC maps, panel rendering, video encoding; model loading excluded) and of its final line. The
+clip is a street drive rendered by seguncert.data.synthetic.render_sequence (--source synthetic) or the
 first CamVid val frames (0016E5, in order; --source camvid). Without --checkpoint a freshly
 initialised model is saved with the checkpoint API: speed does not depend on training.
 
@@ -120,10 +120,10 @@ def speed_mode(args, device) -> dict:
             for name, (t, k) in runs.items():
                 results[name].append(run_infer(ckpt, clip, tmp / "out", t, k, args))
     fps = {k: statistics.median(r["fps"] for r in v) for k, v in results.items()}
-    incl = {k: statistics.median(r["fps_total"] for r in v) for k, v in results.items()}
-    rows = [[k, fps[k], incl[k], fps[k] / fps[f"T{ts[0]}"]] for k in runs]
+    total = {k: statistics.median(r["fps_total"] for r in v) for k, v in results.items()}
+    rows = [[k, fps[k], total[k], fps[k] / fps[f"T{ts[0]}"]] for k in runs]
     print_table(["setting", "frames/s", "done: line", f"x T{ts[0]}"], rows)
-    out = {"bench": "video_fps", "fps": fps, "fps_total": incl,
+    out = {"bench": "video_fps", "fps": fps, "fps_total": total,
            "frames": n, "size": list(size), "source": args.source,
            "checkpoint": str(args.checkpoint) if args.checkpoint else "fresh (untrained)"}  # fmt: skip
     if "T20" in fps:

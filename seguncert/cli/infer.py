@@ -12,8 +12,8 @@ Colour scales are fixed for a whole video: a calibration pass over 8 frames spre
 takes the 99th percentile of each uncertainty map (or --scale fixed:LO,HI); depth uses the
 checkpoint's [min_depth, max_depth]. The checkpoint's fitted calibration is applied.
 
-Panels (--panels): input, seg, aleatoric, epistemic, entropy (total), novelty; depth, depth_aleatoric,
-depth_epistemic, depth_total (σ in m). For depth checkpoints aleatoric/epistemic/entropy are the
+Panels (--panels): input, seg, aleatoric, epistemic, entropy (total), novelty; depth,
+depth_aleatoric, depth_epistemic, depth_total (σ in m). For depth checkpoints aleatoric/epistemic/entropy are the
 depth σ maps. --temporal K (TemporalMC, batch 1) runs K fresh samples per frame and fuses them
 with a decayed history of earlier frames' samples (--flow warps it along the optical flow).
 The 'uncertain' threshold of the statistics defaults to the 90th percentile of the epistemic map
@@ -22,8 +22,8 @@ over the calibration frames (--uncertain-threshold overrides it).
 Outputs: one input with --out ending .mp4/.avi writes that file (.avi: MJPG, else mp4v);
 otherwise --out is a folder holding <name>.mp4 per input. Beside each video: <name>.csv
 (per-frame statistics: mean aleatoric, mean epistemic, fraction of pixels whose epistemic value
-exceeds the 'uncertain' threshold, class fractions; mean and max novelty with that panel) and <name>_sheet.png (contact sheet of 6
-frames), unless --stats / --contact-sheet say otherwise (folders when there are several inputs).
+exceeds the 'uncertain' threshold, class fractions; mean and max novelty with that panel) and
+<name>_sheet.png (contact sheet of 6 frames), unless --stats / --contact-sheet say otherwise (folders when there are several inputs).
 Every file is written atomically; existing outputs are kept unless --overwrite. Frames too
 large for the free memory are refused up front, naming the size (or the batch is reduced).
 Under torchrun the inputs are shared out across ranks

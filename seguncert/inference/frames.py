@@ -6,7 +6,8 @@ independent, batched) and :class:`TemporalPredictor` a
 itself for the optical flow). Both normalise with the checkpoint's mean/std, pad to a multiple
 of 32 (the networks downsample 5 times) and crop the maps back to the frame. Given a
 :class:`~seguncert.uncertainty.feature_density.NoveltyScorer` with a fitted density, both add
-its map as ``novelty`` (one more eval-mode pass per frame, about 1/T of the sampling).
+its map as ``novelty`` (one more eval-mode pass per frame: the cost of one deterministic
+pass, encoder included, on top of the MC sampling).
 
 :func:`check_memory` estimates the memory a frame size needs before anything runs, so a huge
 input is refused (or its batch reduced) up front with the size named, instead of failing after

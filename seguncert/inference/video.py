@@ -52,17 +52,17 @@ def spread(n: int | None, k: int) -> list[int] | None:
     return sorted(set(np.linspace(0, n - 1, min(k, n)).round().astype(int).tolist())) if n else None
 
 
-def calibrate_video(reader, predict, kind, meta, fixed, threshold, batch):
+def calibrate_video(reader, predict, kind, meta, fixed, threshold, batch, keep=False):
     """Fix a video's colour scales from frames spread through it (the first ones when the
     frame count is unknown); ``predict(frames) -> list of result dicts``. Returns (scales,
-    {frame index: (rgb, result)} of the calibration frames)."""
+    {frame index: (rgb, result)} of the calibration frames when ``keep``, else {})."""
     wanted = spread(reader.frame_count, CALIBRATION_FRAMES) or range(CALIBRATION_FRAMES)
     cal = reader.read_frames(wanted)
     frames = [f for _, f in cal]
     res = [r for k in range(0, len(frames), batch) for r in predict(frames[k : k + batch])]
     scales = Scales.calibrate([result_maps(r, kind) for r in res], meta, kind, fixed, threshold)
     held = sum(f.nbytes + sum(v.nbytes for v in r.values()) for f, r in zip(frames, res))
-    if held > CACHE_BYTES:  # huge frames: recompute them rather than hold them
+    if not keep or held > CACHE_BYTES:  # huge frames: recompute them rather than hold them
         return scales, {}
     return scales, {i: (f, r) for (i, f), r in zip(cal, res, strict=True)}
 
@@ -94,13 +94,13 @@ def _batches(reader, batch: int):
 def overlay_video(
     reader, predict, render: PanelRenderer, plan: OutputPlan, batch, progress, cached=None
 ):
-    """Every frame of ``reader`` through ``predict`` (or taken from ``cached``, see
-    :func:`predict_with_cache`), composed by ``render``, into the video of ``plan`` (and PNGs
-    in ``plan.frames_dir``). Returns (statistics rows, [(index, frame)] for the contact sheet,
-    frames done)."""
+    """Every frame of ``reader`` through ``predict`` (or taken, and removed, from ``cached``,
+    see :func:`predict_with_cache`), composed by ``render``, into the video of ``plan`` (and
+    PNGs in ``plan.frames_dir``). Returns (statistics rows, [(index, frame)] for the contact
+    sheet, frames done)."""
     rows, sheet, done, writer = [], [], 0, None
     sheet_idx = spread(reader.frame_count, SHEET_FRAMES)
-    cached = dict(cached or {})
+    cached = {} if cached is None else cached
     try:
         for pending in _batches(reader, batch):
             for (i, rgb), res in zip(
@@ -142,17 +142,17 @@ def render_source(source, plan: OutputPlan, predict, calibrate, view: dict) -> t
     reader = FrameReader(source, size=view["size"])
     kind, meta = view["kind"], view["meta"]
     t0 = time.perf_counter()  # frames/s of the whole input: the calibration pass included
+    # Without a history (--temporal) frames are independent, so the video pass reuses the
+    # calibration frames' results instead of computing them twice.
     scales, cal = calibrate_video(
-        reader, calibrate, kind, meta, view["scale"], view["threshold"], view["batch"]
-    )
+        reader, calibrate, kind, meta, view["scale"], view["threshold"], view["batch"],
+        keep=predict is calibrate,
+    )  # fmt: skip
     render = PanelRenderer(kind, view["panels"], meta, scales, view["layout"])
     batch = view["batch"] if predict.batched else 1
     predict.reset()  # a new input starts a new history
-    # Frames are independent unless the video pass fuses history: then reuse the calibration
-    # frames' results instead of computing them twice.
-    reuse = cal if predict is calibrate else None
     with Progress(reader.frame_count, source.name, unit="frame", rate_unit="frames") as bar:
-        rows, sheet, done = overlay_video(reader, predict, render, plan, batch, bar, reuse)
+        rows, sheet, done = overlay_video(reader, predict, render, plan, batch, bar, cal)
     fps = done / max(time.perf_counter() - t0, 1e-9)
     buf = io.StringIO()
     header = stats_header(kind, render.class_names, NOVELTY in render.panels)

@@ -35,6 +35,7 @@ from .overlays import (
 )
 
 SEG_MAPS = ("aleatoric", "epistemic", "entropy")
+NOVELTY = "novelty"  # the feature-density map, drawn when the checkpoint has a fit
 DEPTH_MAPS = ("depth_aleatoric", "depth_epistemic", "depth_total")
 # name -> (title, colormap, colour-bar unit)
 MAP_STYLE = {
@@ -45,9 +46,8 @@ MAP_STYLE = {
     "depth_aleatoric": ("aleatoric std", "viridis", "m"),
     "depth_epistemic": ("epistemic std", "viridis", "m"),
     "depth_total": ("total std", "viridis", "m"),
-    "novelty": ("novelty", "magma", "sd"),
+    NOVELTY: ("novelty", "magma", "sd"),
 }
-NOVELTY = "novelty"
 # For a depth checkpoint the generic names point at the depth maps.
 DEPTH_ALIASES = {
     "aleatoric": "depth_aleatoric",
