@@ -62,6 +62,7 @@ class ModelConfig:
     heteroscedastic: bool = True  # learn per-pixel aleatoric variance
     decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
     width: int = 64  # SegNet-Basic channel width
+    concrete_dropout: bool = False  # learn each dropout layer's rate (starting at dropout_p)
 
 
 @dataclass
@@ -70,6 +71,8 @@ class LossConfig:
     class_weights: str = "median_frequency"  # median_frequency | none
     depth: str = "laplace"  # laplace | gaussian | l1
     multitask: str = "learned"  # learned | fixed  (joint model task weighting)
+    # Concrete dropout's regulariser scale 1/N: N = training images x this (see docs/method.md)
+    concrete_n_per_image: float = 1.0
 
 
 @dataclass
@@ -82,6 +85,7 @@ class OptimConfig:
     poly_power: float = 0.9
     warmup_iters: int = 0
     grad_clip: float | None = 5.0
+    concrete_lr_scale: float = 10.0  # learning-rate multiple for Concrete dropout's rates
 
 
 @dataclass
@@ -143,9 +147,11 @@ BOUNDS: dict[str, tuple[float, bool]] = {
     "data.train_fraction": (0, False),
     "model.num_classes": (1, True),
     "loss.aleatoric_samples": (1, True),
+    "loss.concrete_n_per_image": (0, False),
     "optim.lr": (0, False),
     "optim.weight_decay": (0, True),
     "optim.warmup_iters": (0, True),
+    "optim.concrete_lr_scale": (0, False),
     "train.epochs": (1, True),
     "train.batch_size": (1, True),
     "train.val_every": (1, True),

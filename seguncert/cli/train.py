@@ -77,7 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="section.key=value",
         help="config overrides applied after the file, e.g. train.epochs=2",
     )
-    return p.parse_args(argv)
+    # Intermixed: overrides may come before, between or after the flags.
+    return p.parse_intermixed_args(argv)
 
 
 def train_member(config: str, overrides: list[str], out: str, flags: tuple) -> None:

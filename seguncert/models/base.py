@@ -11,6 +11,7 @@ also lets the model precompute per-image parts of the suffix (:meth:`StagedModel
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
@@ -37,6 +38,57 @@ class MCDropout(nn.Dropout):
         return x * (torch.rand_like(x) < keep).to(x.dtype).mul_(1.0 / keep)
 
 
+class ConcreteDropout(MCDropout):
+    """MC dropout whose rate p is learned (Gal, Hron & Kendall 2017, "Concrete Dropout").
+
+    ``p = sigmoid(p_logit)``, one 0-d parameter per layer (``param_groups`` puts it in the
+    no-weight-decay group). While training with gradients on, the mask is the Concrete
+    (relaxed Bernoulli) one, z = sigmoid((p_logit + log u − log(1−u)) / t), t = 0.1, and
+    x ↦ x·(1 − z)/(1 − p), so the loss and the regulariser
+    (:func:`seguncert.losses.concrete.concrete_regulariser`) reach p_logit. Anywhere else
+    (MC sampling under ``torch.no_grad`` / ``inference_mode``, the seeded masks of
+    :class:`~seguncert.uncertainty.masks.SeededDropout`, the matmul head) it is an ordinary
+    :class:`MCDropout` at the learned rate: ``p`` reads as a float, so every sampler path sees
+    the same hard Bernoulli masks. ``channels`` (the K of the regulariser) is recorded from the
+    last training input.
+    """
+
+    temperature = 0.1
+    eps = 1e-7
+
+    def __init__(self, p: float):
+        if not 0.0 < p < 1.0:
+            raise ValueError(f"concrete dropout needs an initial rate in (0, 1), got {p!r}")
+        super().__init__(p)
+        self.channels = 0
+
+    @property
+    def p(self) -> float:
+        return float(torch.sigmoid(self.p_logit.detach()))
+
+    @p.setter
+    def p(self, value: float) -> None:
+        logit = math.log(value) - math.log1p(-value)
+        if "p_logit" in self._parameters:
+            with torch.no_grad():
+                self.p_logit.fill_(logit)
+        else:
+            self.p_logit = nn.Parameter(torch.tensor(logit))
+
+    def rate(self) -> torch.Tensor:
+        """p as a 0-d tensor that carries the gradient."""
+        return torch.sigmoid(self.p_logit)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and torch.is_grad_enabled()):
+            return super().forward(x)
+        self.channels = int(x.shape[1])
+        u = torch.rand_like(x, dtype=torch.float32)
+        noise = torch.log(u + self.eps) - torch.log1p(self.eps - u)
+        z = torch.sigmoid((self.p_logit + noise) / self.temperature)
+        return (x * ((1.0 - z) / (1.0 - self.rate()))).to(x.dtype)
+
+
 def has_active_dropout(module: nn.Module) -> bool:
     return any(isinstance(m, MCDropout) and m.p > 0 for m in module.modules())
 
@@ -61,6 +113,7 @@ def model_spec(arch: str, **fields) -> dict:
         "decoder_channels": [int(c) for c in fields.get("decoder_channels", d.decoder_channels)],
         "width": int(fields.get("width", d.width)),
         "depth_dist": fields.get("depth_dist", "laplace"),
+        "concrete_dropout": bool(fields.get("concrete_dropout", d.concrete_dropout)),
     }
     return spec
 

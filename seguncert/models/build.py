@@ -27,7 +27,11 @@ SPEC_KEYS = (
     "decoder_channels",
     "width",
     "depth_dist",
+    "concrete_dropout",
 )
+# Keys a spec may lack: encoder_weights is never stored as set; specs written before Concrete
+# dropout existed have no concrete_dropout (plain MC dropout).
+OPTIONAL_KEYS = ("encoder_weights", "concrete_dropout")
 
 
 def build_model(model_cfg: ModelConfig, depth_dist: str = "laplace") -> StagedModel:
@@ -48,6 +52,12 @@ def build_model(model_cfg: ModelConfig, depth_dist: str = "laplace") -> StagedMo
         )
     if get_task(m.task).segmentation and m.num_classes < 2:
         raise ConfigError(f"config key 'model.num_classes' must be >= 2, got {m.num_classes!r}")
+    if m.concrete_dropout and (m.dropout == "none" or m.dropout_p <= 0):
+        raise ConfigError(
+            "config key 'model.concrete_dropout' needs dropout layers to learn: set model.dropout "
+            f"to a placement other than 'none' and model.dropout_p > 0 (got {m.dropout!r}, "
+            f"{m.dropout_p!r})"
+        )
     common = dict(
         task=m.task,
         num_classes=m.num_classes,
@@ -55,6 +65,7 @@ def build_model(model_cfg: ModelConfig, depth_dist: str = "laplace") -> StagedMo
         dropout_p=m.dropout_p,
         heteroscedastic=m.heteroscedastic,
         depth_dist=depth_dist,
+        concrete_dropout=m.concrete_dropout,
     )
     if m.arch == "unet":
         model = BayesianUNet(
@@ -81,7 +92,7 @@ def model_from_spec(spec: dict, **overrides) -> StagedModel:
     preset has the same state_dict keys)."""
     if not isinstance(spec, dict):
         raise CheckpointError(f"model spec must be a mapping, got {type(spec).__name__}")
-    missing = [k for k in SPEC_KEYS if k not in spec and k != "encoder_weights"]
+    missing = [k for k in SPEC_KEYS if k not in spec and k not in OPTIONAL_KEYS]
     if missing:
         raise CheckpointError(f"model spec lacks key(s) {', '.join(missing)}")
     merged = {**spec, **overrides}

@@ -21,7 +21,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import ConfigError
-from .base import MCDropout
+from .base import ConcreteDropout, MCDropout
 
 # SegNet (VGG-16 encoder, 5 stages): encoder/decoder stage numbers, 1 = full resolution side.
 SEGNET_PRESETS: dict[str, dict] = {
@@ -69,12 +69,16 @@ def get_preset(arch: str, name: str) -> dict:
     return table[name]
 
 
-def make_dropout(active: bool, p: float) -> nn.Module:
-    """An MCDropout where the preset asks for one (and p > 0), else Identity.
+def make_dropout(active: bool, p: float, concrete: bool = False) -> nn.Module:
+    """An MCDropout where the preset asks for one (and p > 0), else Identity; with ``concrete``
+    a :class:`ConcreteDropout` that starts at rate p and learns it.
 
-    Neither holds parameters, so state_dict keys are the same for every preset: a checkpoint
-    trained with one placement loads into a model built with another.
+    MCDropout and Identity hold no parameters, so their state_dict keys are the same for every
+    preset: a checkpoint trained with one placement loads into a model built with another. A
+    Concrete layer adds its ``p_logit``, so a Concrete checkpoint keeps its own placement.
     """
     if not 0.0 <= p < 1.0:
         raise ConfigError(f"config key 'model.dropout_p' must be in [0, 1), got {p!r}")
-    return MCDropout(p) if active and p > 0 else nn.Identity()
+    if not (active and p > 0):
+        return nn.Identity()
+    return ConcreteDropout(p) if concrete else MCDropout(p)

@@ -8,6 +8,9 @@ only what the suffix still needs.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch.nn.functional as F
 from torch import nn
 
@@ -65,6 +68,11 @@ class DecoderStage(nn.Module):
         return {**state, "x": self.convs(x), "indices": indices, "sizes": sizes}
 
 
+def _drop(p: float, concrete: bool) -> Callable[[bool], nn.Module]:
+    """The dropout layer factory of a preset place: ``drop(active)``."""
+    return functools.partial(make_dropout, p=p, concrete=concrete)
+
+
 class _SegNetBase(StagedModel):
     """Assembles encoder/decoder/head stages from conv blocks and a dropout preset."""
 
@@ -74,7 +82,7 @@ class _SegNetBase(StagedModel):
         dec_blocks: list[nn.Sequential],
         head_channels: int,
         preset: dict,
-        p: float,
+        drop: Callable[[bool], nn.Module],
         task: str,
         num_classes: int,
         heteroscedastic: bool,
@@ -85,7 +93,7 @@ class _SegNetBase(StagedModel):
         # itself stays in the deterministic prefix. enc_blocks[k] (encoder stage k + 1) takes
         # the dropout on the output of encoder stage k; enc_blocks[0] sees the image (none).
         enc = [
-            EncoderStage(block, make_dropout(k > 0 and k in preset["encoder"], p))
+            EncoderStage(block, drop(k > 0 and k in preset["encoder"]))
             for k, block in enumerate(enc_blocks)
         ]
         # dec_blocks[j] is decoder stage n - j. Its input is the output of decoder stage
@@ -93,13 +101,11 @@ class _SegNetBase(StagedModel):
         dec = [
             DecoderStage(
                 block,
-                make_dropout(
-                    n in preset["encoder"] if j == 0 else n - j + 1 in preset["decoder"], p
-                ),
+                drop(n in preset["encoder"] if j == 0 else n - j + 1 in preset["decoder"]),
             )
             for j, block in enumerate(dec_blocks)
         ]
-        head_drop = make_dropout(preset["classifier"] or 1 in preset["decoder"], p)
+        head_drop = drop(preset["classifier"] or 1 in preset["decoder"])
         head = HeadStage(head_channels, task, num_classes, heteroscedastic, depth_dist, head_drop)
         self.stages = nn.ModuleList([*enc, *dec, head])
 
@@ -121,6 +127,7 @@ class SegNetBasic(_SegNetBase):
         width: int = 64,
         depth_dist: str = "laplace",
         in_channels: int = 3,
+        concrete_dropout: bool = False,
     ):
         super().__init__()
         if width < 1:
@@ -130,8 +137,9 @@ class SegNetBasic(_SegNetBase):
             nn.Sequential(*conv_bn(in_channels if k == 0 else width, width, 7)) for k in range(4)
         ]
         dec = [nn.Sequential(*conv_bn(width, width, 7, relu=False)) for _ in range(4)]
+        drop = _drop(dropout_p, concrete_dropout)
         self._assemble(
-            enc, dec, width, preset, dropout_p, task, num_classes, heteroscedastic, depth_dist
+            enc, dec, width, preset, drop, task, num_classes, heteroscedastic, depth_dist
         )
         self.spec = model_spec(
             "segnet_basic",
@@ -142,6 +150,7 @@ class SegNetBasic(_SegNetBase):
             heteroscedastic=heteroscedastic,
             width=width,
             depth_dist=depth_dist,
+            concrete_dropout=concrete_dropout,
         )
 
 
@@ -162,6 +171,7 @@ class SegNetVGG(_SegNetBase):
         depth_dist: str = "laplace",
         encoder_weights: str | None = None,
         in_channels: int = 3,
+        concrete_dropout: bool = False,
     ):
         super().__init__()
         if encoder_weights not in (None, "imagenet"):
@@ -188,9 +198,8 @@ class SegNetVGG(_SegNetBase):
                 layers += conv_bn(cin, c, 3)
                 cin = c
             dec.append(nn.Sequential(*layers))
-        self._assemble(
-            enc, dec, 64, preset, dropout_p, task, num_classes, heteroscedastic, depth_dist
-        )
+        drop = _drop(dropout_p, concrete_dropout)
+        self._assemble(enc, dec, 64, preset, drop, task, num_classes, heteroscedastic, depth_dist)
         self.spec = model_spec(
             "segnet",
             task=task,
@@ -199,6 +208,7 @@ class SegNetVGG(_SegNetBase):
             dropout_p=dropout_p,
             heteroscedastic=heteroscedastic,
             depth_dist=depth_dist,
+            concrete_dropout=concrete_dropout,
         )
         if encoder_weights == "imagenet":
             self.load_vgg16_bn_imagenet()

@@ -8,6 +8,8 @@ so a replicated suffix state carries only the skips still to come. Decoder block
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -169,6 +171,7 @@ class BayesianUNet(StagedModel):
         decoder_channels: list[int] | tuple[int, ...] = (256, 128, 64, 32, 16),
         depth_dist: str = "laplace",
         in_channels: int = 3,
+        concrete_dropout: bool = False,
     ):
         super().__init__()
         decoder_channels = list(decoder_channels)
@@ -178,6 +181,7 @@ class BayesianUNet(StagedModel):
                 f"decoder block), got {decoder_channels!r}"
             )
         preset = get_preset("unet", dropout)
+        drop = functools.partial(make_dropout, p=dropout_p, concrete=concrete_dropout)
         enc = build_smp_encoder(encoder, encoder_weights, in_channels)
         enc_ch = list(enc.out_channels)  # 6 entries: input, strides 2, 4, 8, 16, 32
         # Skip of block k (1..4) is feats[5 - k]; block 5 has none (feats[0] is the image).
@@ -189,18 +193,18 @@ class BayesianUNet(StagedModel):
                 skip_ch[i],
                 decoder_channels[i],
                 # dropout on block i's input = the output of block i (1-based) for i > 0
-                make_dropout(i > 0 and i in preset["decoder"], dropout_p),
+                drop(i > 0 and i in preset["decoder"]),
             )
             for i in range(5)
         ]
-        head_drop = make_dropout(preset["classifier"] or 5 in preset["decoder"], dropout_p)
+        head_drop = drop(preset["classifier"] or 5 in preset["decoder"])
         head = HeadStage(
             decoder_channels[-1], task, num_classes, heteroscedastic, depth_dist, head_drop
         )
         self.stages = nn.ModuleList(
             [
                 EncoderStage(enc),
-                DropoutStage(make_dropout(preset["bottleneck"], dropout_p)),
+                DropoutStage(drop(preset["bottleneck"])),
                 *blocks,
                 head,
             ]
@@ -215,6 +219,7 @@ class BayesianUNet(StagedModel):
             heteroscedastic=heteroscedastic,
             decoder_channels=decoder_channels,
             depth_dist=depth_dist,
+            concrete_dropout=concrete_dropout,
         )
 
     def prepare_suffix(self, state: State) -> State:

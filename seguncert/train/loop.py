@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import SeguncertError
+from ..losses.concrete import concrete_regulariser, learned_rates
 from ..runtime.amp import autocast
 from ..runtime.distributed import all_reduce_grads, any_rank, get_world_size, is_main
 from ..runtime.progress import Progress
@@ -40,6 +41,7 @@ class StepContext:
     progress: bool = True
     log_every: int = 10
     log_seconds: float = 30.0
+    concrete_n: float = 1.0  # N of the Concrete-dropout regulariser (training observations)
 
 
 def to_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
@@ -63,6 +65,11 @@ def train_step(
         outputs = run.train_model(batch["image"])
     outputs = {k: v.float() for k, v in outputs.items()}  # losses in fp32
     loss, parts = run.criterion(outputs, batch)
+    reg = concrete_regulariser(run.train_model, run.concrete_n)
+    if reg is not None:
+        loss = loss + reg
+        rates = {f"p_{k}": v for k, v in learned_rates(run.train_model).items()}
+        parts = {**parts, "concrete": float(reg.detach()), "loss": float(loss.detach()), **rates}
     # Every rank takes the same decision, or DDP's collective calls would deadlock.
     finite = not any_rank(not bool(torch.isfinite(loss)), run.device)
     limit = NONFINITE_LIMIT_FP16 if run.scaler.is_enabled() else 1

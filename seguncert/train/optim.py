@@ -25,24 +25,41 @@ from seguncert.config import OptimConfig
 from seguncert.errors import ConfigError
 
 
-def param_groups(params: Iterable[torch.nn.Parameter], weight_decay: float) -> list[dict]:
-    """Two groups: decayed (ndim >= 2) and not decayed (ndim <= 1); frozen params are left out."""
-    decay, no_decay = [], []
+def param_groups(
+    params: Iterable[torch.nn.Parameter],
+    weight_decay: float,
+    rates: Iterable[torch.nn.Parameter] = (),
+    rate_lr: float | None = None,
+) -> list[dict]:
+    """Two groups: decayed (ndim >= 2) and not decayed (ndim <= 1); frozen params are left out.
+    ``rates`` (Concrete dropout's p_logit, one scalar per layer) form a third, undecayed group
+    with learning rate ``rate_lr``: at the few thousand steps of a CPU budget the shared rate
+    moves a logit by about one unit, too little for p to settle."""
+    rate_ids = {id(p) for p in rates}
+    decay, no_decay, rate = [], [], []
     for p in params:
         if not p.requires_grad:
             continue
-        (decay if p.ndim >= 2 else no_decay).append(p)
+        if id(p) in rate_ids:
+            rate.append(p)
+        else:
+            (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
+    if rate:
+        groups.append({"params": rate, "weight_decay": 0.0, "lr": rate_lr})
     return groups
 
 
 def build_optimizer(
-    cfg: OptimConfig, params: Iterable[torch.nn.Parameter]
+    cfg: OptimConfig,
+    params: Iterable[torch.nn.Parameter],
+    rates: Iterable[torch.nn.Parameter] = (),
 ) -> torch.optim.Optimizer:
-    """AdamW or SGD (momentum ``cfg.momentum``, no Nesterov) over ``params``."""
-    groups = param_groups(params, cfg.weight_decay)
+    """AdamW or SGD (momentum ``cfg.momentum``, no Nesterov) over ``params``; ``rates`` (a
+    subset of them) at ``cfg.lr * cfg.concrete_lr_scale``."""
+    groups = param_groups(params, cfg.weight_decay, rates, cfg.lr * cfg.concrete_lr_scale)
     if not any(g["params"] for g in groups):
         raise ConfigError("no trainable parameters to optimise")
     if cfg.lr <= 0:

@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..config import config_yaml
 from ..errors import CheckpointError, ConfigError, DataError
 from ..io.atomic import atomic_write_text, check_folder_writable
+from ..losses.concrete import concrete_layers
 from ..runtime import distributed
 from ..runtime.amp import make_scaler, resolve_amp_dtype
 from ..runtime.device import resolve_device
@@ -152,7 +153,8 @@ def setup_run(cfg, out_dir: Path, overwrite: bool = False) -> Run:
     model, criterion = _model_and_loss(cfg, meta, device)
     seed_everything(cfg.train.seed + rank)
     train_loader, val_loader = _loaders(cfg, train_ds, val_ds, device, rank, world)
-    optimizer = build_optimizer(cfg.optim, [*model.parameters(), *criterion.parameters()])
+    rates = [m.p_logit for m in concrete_layers(model)]
+    optimizer = build_optimizer(cfg.optim, [*model.parameters(), *criterion.parameters()], rates)
     scheduler = build_scheduler(cfg.optim, optimizer, cfg.train.epochs * len(train_loader))
     train_model = model
     if world > 1:
@@ -184,6 +186,7 @@ def setup_run(cfg, out_dir: Path, overwrite: bool = False) -> Run:
         channels_last=cfg.train.channels_last,
         log_every=cfg.train.log_every,
         log_seconds=cfg.train.log_seconds,
+        concrete_n=len(train_ds) * cfg.loss.concrete_n_per_image,
     )
 
 

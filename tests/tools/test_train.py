@@ -70,3 +70,12 @@ def test_help_explains_flags():
     assert r.returncode == 0
     for flag in ("--config", "--data-root", "--out", "--resume", "section.key=value"):
         assert flag in r.stdout
+
+
+def test_overrides_may_come_between_and_after_the_flags():
+    from seguncert.cli.train import parse_args
+
+    args = parse_args(["train.epochs=2", "--config", "c.yaml", "model.width=4", "--out", "o",
+                       "loss.aleatoric_samples=1", "--overwrite"])  # fmt: skip
+    assert args.config == "c.yaml" and args.out == "o" and args.overwrite
+    assert args.overrides == ["train.epochs=2", "model.width=4", "loss.aleatoric_samples=1"]
