@@ -18,6 +18,7 @@ import torch
 from ..data.common import IGNORE_INDEX, DatasetMeta
 from ..data.transforms import denormalize, image_sizes
 from ..errors import DataError
+from ..losses.concrete import learned_rates
 from ..metrics.novelty import NoveltyMetrics
 from ..models.base import has_active_dropout
 from ..runtime.progress import Progress
@@ -226,6 +227,9 @@ def evaluate_checkpoint(
         "calibration": describe(calibrator),
         "checkpoint": info.get("sidecar_path"),
     }
+    rates = learned_rates(model)
+    if rates:  # Concrete dropout: the rates the sampler used
+        metrics["concrete_dropout_rates"] = rates
     task_metrics, rows = evals.compute()
     metrics.update(task_metrics)
     metrics.update(extra or {})

@@ -90,7 +90,7 @@ class TinyScenes(torch.utils.data.Dataset):
         return self.transform(s)
 
 
-def make_checkpoint(root, task="segmentation", heteroscedastic=True):
+def make_checkpoint(root, task="segmentation", heteroscedastic=True, concrete=False):
     torch.manual_seed(0)
     cfg = Config()
     cfg.model = ModelConfig(
@@ -99,6 +99,7 @@ def make_checkpoint(root, task="segmentation", heteroscedastic=True):
         num_classes=len(NAMES),
         task=task,
         heteroscedastic=heteroscedastic,
+        concrete_dropout=concrete,
     )
     model = build_model(cfg.model)
     with torch.no_grad():  # larger logits than at init: a confident, non-uniform classifier
@@ -298,6 +299,15 @@ def test_legacy_temperature_sidecar_is_read_as_a_calibrator():
     with pytest.raises(CheckpointError, match="3 values"):
         checkpoint_calibrator({**info, "temperature": [1.0, 2.0, 3.0]})
     assert checkpoint_calibrator({**info, "kind": "depth"}) is None
+
+
+def test_concrete_dropout_checkpoint_reports_its_rates(tmp_path):
+    model, info = make_checkpoint(tmp_path / "run", concrete=True)
+    loader = torch.utils.data.DataLoader(TinyScenes(model, n=2), batch_size=2)
+    m = evaluate_checkpoint(model, info, loader, tmp_path / "e", cfg(mc_samples=2, examples=1))
+    rates = m["concrete_dropout_rates"]
+    assert len(rates) == 4 and all(p == pytest.approx(0.5, abs=1e-6) for p in rates.values())
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["concrete_dropout_rates"]
 
 
 def test_joint_checkpoint_reports_depth(tmp_path):
