@@ -72,7 +72,7 @@ class LossConfig:
     depth: str = "laplace"  # laplace | gaussian | l1
     multitask: str = "learned"  # learned | fixed  (joint model task weighting)
     # Concrete dropout's regulariser scale 1/N: N = training images x this (see docs/method.md)
-    concrete_n_per_image: float = 1.0
+    concrete_n_per_image: float = 1000.0
 
 
 @dataclass

@@ -4,10 +4,11 @@ Per :class:`~seguncert.models.base.ConcreteDropout` layer with learned rate p an
 channels, as in the authors' code: (2K/N)·(p log p + (1−p) log(1−p)), the negative entropy of
 the Bernoulli rate, scaled by 1/N. The loss it is added to is a per-pixel mean over a batch, so
 N counts "observations" in the units of one image: N = training images ×
-``loss.concrete_n_per_image`` (1 = an image is one observation; the pixels of one image are far
-from independent). The authors' weight term (l²/N)·‖W‖²/(1−p) is left to the optimiser's weight
-decay: with their l = 1e-4 its gradient in p is below 1e-6 of the entropy term's at this
-project's weight norms (docs/method.md, "Concrete dropout").
+``loss.concrete_n_per_image`` (default 1000: the pixels of one image are far from independent
+observations, and with 1 the regulariser outweighs the data and sends every rate to 0.5). The
+authors' weight term (l²/N)·‖W‖²/(1−p) is left to the optimiser's weight decay: with their
+l = 1e-4 its gradient in p is about 1e-9 of the entropy term's at this project's weight norms
+(docs/method.md, "Concrete dropout").
 """
 
 from __future__ import annotations
