@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from seguncert.config import Config, ModelConfig, config_from_dict
+from seguncert.config import Config, ModelConfig
 from seguncert.data.common import DatasetMeta
 from seguncert.errors import ConfigError
 from seguncert.io import checkpoint as ck
@@ -19,6 +19,7 @@ from seguncert.models.base import ConcreteDropout, MCDropout, mc_dropout_mode
 from seguncert.models.build import build_model, model_from_spec
 from seguncert.train.fit import fit
 from seguncert.uncertainty.sampler import MCSampler, naive_mc
+from tests.train.test_fit import tiny_cfg
 
 
 def test_rate_reads_as_a_float_and_is_a_parameter():
@@ -115,30 +116,7 @@ def test_sampler_fast_paths_use_the_learned_rates():
 
 
 def test_training_learns_the_rates_and_logs_them(tmp_path):
-    cfg = config_from_dict(
-        {
-            "data": {
-                "dataset": "synthetic",
-                "synthetic_train": 8,
-                "synthetic_val": 4,
-                "synthetic_size": [32, 32],
-                "scale_range": [1.0, 1.0],
-                "hflip": False,
-                "color_jitter": 0.0,
-            },
-            "model": {
-                "arch": "segnet_basic",
-                "width": 8,
-                "dropout": "central",
-                "dropout_p": 0.3,
-                "concrete_dropout": True,
-            },
-            "loss": {"aleatoric_samples": 2, "class_weights": "none"},
-            "optim": {"lr": 0.05, "warmup_iters": 1},
-            "train": {"epochs": 2, "batch_size": 4, "seed": 3, "threads": 1},
-        },  # fmt: skip
-        [],
-    )
+    cfg = tiny_cfg("model.concrete_dropout=true", "data.synthetic_size=[32,32]")
     fit(cfg, tmp_path)
     model, _ = ck.load_checkpoint(tmp_path / "last.json")
     rates = learned_rates(model)
