@@ -39,3 +39,37 @@ def test_mc_inference_quick_reports_every_preset_with_equal_maps():
     assert all(v["ours"] > 0 for v in out["ratio_t20"].values())
     assert all(out["memory_budget_check"][p]["ok"] for p in presets)
     assert "classifier_le_1.5x" in out["targets"]
+
+
+def test_video_pareto_quick_scores_every_setting_and_picks_a_default(tmp_path, camvid_root):
+    # A fresh CamVid-shaped checkpoint trained "at" 64x96: the bench shrinks the 360x480 val
+    # frames to that size, checks its prefix trick against MCSampler and marks the fronts.
+    import torch
+
+    from seguncert.config import Config
+    from seguncert.data.common import DatasetMeta
+    from seguncert.io.checkpoint import save_checkpoint
+    from seguncert.models.build import build_model
+
+    torch.manual_seed(0)
+    cfg = Config()
+    cfg.model.num_classes, cfg.model.decoder_channels = 11, [16, 8, 8, 8, 8]
+    cfg.data.size = [64, 96]
+    meta = DatasetMeta(
+        class_names=[f"c{i}" for i in range(11)], palette=[[i * 20] * 3 for i in range(11)]
+    )
+    save_checkpoint(tmp_path, "best", build_model(cfg.model), meta=meta, config=cfg)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, str(REPO / "bench" / "video_pareto.py"), "--checkpoint", str(tmp_path),
+           "--data-root", str(camvid_root), "--quick", "--frames", "2", "--timing-frames", "1",
+           "--net-sizes", "train", "--repeats", "1", "--warmup", "0", "--json"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:] + r.stdout[-2000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])["checkpoints"]["decoder"]
+    names = {"T1@train", "T2@train", "T4@train", "temporal2@train", "temporal2+flow@train"}
+    assert set(res["rows"]) == names
+    for row in res["rows"].values():
+        assert row["fps"] > 0 and 0 <= row["ece"] <= 1 and 0 <= row["auroc_epistemic"] <= 1
+    assert res["rows"]["T1@train"]["auroc_epistemic"] == 0.5  # one sample: MI is 0 everywhere
+    assert all(front and set(front) <= names for front in res["fronts"].values())
+    assert res["recommended"] is None  # no native T=20 reference in this run

@@ -12,6 +12,12 @@ Colour scales are fixed for a whole video: a calibration pass over 8 frames spre
 takes the 99th percentile of each uncertainty map (or --scale fixed:LO,HI); depth uses the
 checkpoint's [min_depth, max_depth]. The checkpoint's fitted calibration is applied.
 
+Network size (--net-size): by default frames are shrunk (aspect kept) to the pixel count the
+checkpoint was trained at (its config's data.size, e.g. 180x240 for configs/camvid_unet_cpu.yaml)
+and the maps upsampled back, so a 360x480 video keeps its size on screen while the model sees
+objects at the scale it learned them and pays a quarter of the pixels (docs/benchmarks.md,
+"Video quality / cost front"); --net-size native runs the frames as they are.
+
 Panels (--panels): input, seg, aleatoric, epistemic, entropy (total), novelty; depth,
 depth_aleatoric, depth_epistemic, depth_total (σ in m). For depth checkpoints aleatoric/epistemic/entropy are the
 depth σ maps. --temporal K (TemporalMC, batch 1) runs K fresh samples per frame and fuses them
@@ -48,6 +54,7 @@ FLAGS = [  # (flag, argparse keywords, help)
     ("--out", dict(default="out"), "output .mp4/.avi (one input) or a folder (default: out/)"),
     ("--mc-samples", dict(type=int, default=20), "MC dropout samples T per frame (default 20)"),
     ("--size", {}, "resize frames to HxW first, e.g. 360x480 (default: native size)"),
+    ("--net-size", dict(default="train"), "network size: train (default), native or HxW"),
     ("--panels", {}, "comma-separated panel names (default per kind; list above)"),
     ("--layout", dict(choices=("row", "grid"), default="row"), "one row, or a 2x2 grid"),
     ("--frames-dir", {}, "also write every composed frame as a PNG in this folder"),
@@ -77,12 +84,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def parse_size(text: str, flag: str = "--size") -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
         assert h > 0 and w > 0
     except (ValueError, AssertionError):
-        raise SeguncertError(f"--size must look like HxW (e.g. 360x480), got {text!r}") from None
+        raise SeguncertError(f"{flag} must look like HxW (e.g. 360x480), got {text!r}") from None
     return h, w
 
 
@@ -164,13 +171,24 @@ def build_predictors(args, models, infos, device, panels=()):
     else:
         sampler = MCSampler(models[0], samples=args.mc_samples, calibrator=cals[0], **opts)
     novelty = novelty_scorer(models[0], infos[0], panels)
-    calib = FramePredictor(sampler, infos[0]["meta"], device, novelty)
+    net = net_size(args.net_size, infos[0])
+    calib = FramePredictor(sampler, infos[0]["meta"], device, novelty, net)
     if not args.temporal:
         return calib, calib
     from ..uncertainty.temporal import TemporalMC
 
     temporal = TemporalMC(models[0], args.temporal, flow=args.flow, calibrator=cals[0], **opts)
-    return TemporalPredictor(temporal, infos[0]["meta"], device, novelty), calib
+    return TemporalPredictor(temporal, infos[0]["meta"], device, novelty, net), calib
+
+
+def net_size(text: str, info: dict) -> tuple[int, int] | None:
+    """--net-size as (H, W) of the pixel count to shrink frames to, or None (native)."""
+    if text == "native":
+        return None
+    if text != "train":
+        return parse_size(text, "--net-size")
+    size = ((info.get("config") or {}).get("data") or {}).get("size")
+    return tuple(int(v) for v in size) if size else None
 
 
 def view_settings(args, info, size, device) -> dict:
@@ -202,13 +220,14 @@ def main(argv=None) -> int:
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     size = parse_size(args.size) if args.size else None
     parse_scale(args.scale)
+    net_size(args.net_size, {})  # a bad --net-size fails before the model loads
     sources = iter_inputs(args.input)
     plans = output_plans(args, sources)
     mine = [i for i in range(len(sources)) if i % world == rank]
     # Open every input and check every output location before the (slow) model load.
     frame_sizes = [FrameReader(sources[i], size=size).out_size for i in mine]
     check_outputs([plans[i] for i in mine], args.overwrite)
-    from ..inference.frames import check_memory
+    from ..inference.frames import check_memory, network_size
     from ..inference.video import probe_writer, render_source
     from ..runtime.device import resolve_device
     from ..uncertainty.ensemble import load_members
@@ -218,8 +237,10 @@ def main(argv=None) -> int:
     models, infos = load_members(args.checkpoint, device)  # one checkpoint or an ensemble
     model, info = models[0], infos[0]
     view = view_settings(args, info, size, device)
+    net = net_size(args.net_size, info)
     for i, hw in zip(mine, frame_sizes, strict=True):
-        batch = check_memory(model, hw, view["batch"], args.memory_budget_mb, device)
+        batch = check_memory(model, network_size(hw, net), view["batch"],
+                             args.memory_budget_mb, device)  # fmt: skip
         if batch < view["batch"]:
             print(f"frames of {hw[1]}x{hw[0]}: batch lowered to {batch} to fit in memory")
             view["batch"] = batch

@@ -4,7 +4,14 @@
 independent, batched) and :class:`TemporalPredictor` a
 :class:`~seguncert.uncertainty.temporal.TemporalMC` (one frame at a time, in order, with the frame
 itself for the optical flow). Both normalise with the checkpoint's mean/std, pad to a multiple
-of 32 (the networks downsample 5 times) and crop the maps back to the frame. Given a
+of 32 (the networks downsample 5 times) and crop the maps back to the frame.
+
+Network size. Given ``net_size`` (the checkpoint's training size, see :func:`network_size`),
+frames are first shrunk (area interpolation, aspect kept) to about that many pixels: a model
+trained on CamVid frames resized to 180x240 sees a 360x480 frame's objects at twice the scale it
+learned them at, and pays 4x the pixels for it. The maps come back at the frame's own size:
+every map bilinearly upsampled, the class probabilities too, and ``pred`` their argmax (smooth
+class boundaries rather than blocks). Given a
 :class:`~seguncert.uncertainty.feature_density.NoveltyScorer` with a fitted density, both add
 its map as ``novelty`` (one more eval-mode pass per frame: the cost of one deterministic
 pass, encoder included, on top of the MC sampling).
@@ -19,6 +26,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -41,27 +49,76 @@ def frames_to_batch(frames: Sequence[np.ndarray], meta: dict, device) -> torch.T
     return x
 
 
-def _to_numpy(out: dict, h: int, w: int, n: int) -> list[dict]:
-    maps = {k: v[..., :h, :w].float().cpu().numpy() for k, v in out.items() if v.dim() == 3}
-    return [{k: v[i] for k, v in maps.items()} for i in range(n)]
+def network_size(frame_hw: tuple[int, int], train_hw) -> tuple[int, int]:
+    """The size a frame is run at: ``frame_hw`` scaled (aspect kept) to the pixel count of
+    ``train_hw`` (None: the frame's own size), never enlarged, sides at least 32."""
+    h, w = frame_hw
+    if train_hw is None:
+        return h, w
+    s = min(1.0, (train_hw[0] * train_hw[1] / (h * w)) ** 0.5)
+    return (max(32, round(h * s)), max(32, round(w * s))) if s < 1.0 else (h, w)
+
+
+def shrink(frames: Sequence[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
+    """Frames resized to ``size`` (H, W) with area interpolation (as is, when already there)."""
+    h, w = size
+    if frames[0].shape[:2] == (h, w):
+        return list(frames)
+    return [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames]
+
+
+def upsample_maps(out: dict, net_hw: tuple[int, int], hw: tuple[int, int]) -> dict:
+    """The sampler's output, cropped to ``net_hw`` and brought to ``hw``: (B, H, W) maps and
+    (B, C, H, W) ``probs`` bilinearly, ``pred`` = argmax of the upsampled probabilities."""
+    h, w = net_hw
+    crop = {k: v[..., :h, :w] for k, v in out.items() if v.dim() in (3, 4)}
+    if (h, w) == tuple(hw):
+        return crop
+    res = {}
+    for k, v in crop.items():
+        if k == "pred" or not v.is_floating_point():
+            continue
+        up = v if v.dim() == 4 else v.unsqueeze(1)
+        up = F.interpolate(up.float(), size=hw, mode="bilinear", align_corners=False)
+        res[k] = up if v.dim() == 4 else up.squeeze(1)
+    if "probs" in res:
+        res["pred"] = res["probs"].argmax(1)
+    elif "pred" in crop:
+        res["pred"] = F.interpolate(crop["pred"][:, None].float(), size=hw, mode="nearest")[:, 0]
+    return res
 
 
 class FramePredictor:
-    """``FramePredictor(sampler, meta, device, novelty=None)(frames) -> [{map name: (H, W)
-    array}, ...]``."""
+    """``FramePredictor(sampler, meta, device, novelty=None, net_size=None)(frames) -> [{map
+    name: (H, W) array}, ...]``; ``net_size``: the training size the frames are scaled to (see
+    the module docstring; None runs them at their own size)."""
 
     batched = True
 
-    def __init__(self, sampler, meta: dict, device, novelty=None) -> None:
+    def __init__(self, sampler, meta: dict, device, novelty=None, net_size=None) -> None:
         self.sampler, self.meta, self.device = sampler, meta, torch.device(device)
-        self.novelty = novelty
+        self.novelty, self.net_size = novelty, net_size
 
     def __call__(self, frames: Sequence[np.ndarray]) -> list[dict]:
-        h, w = frames[0].shape[:2]
-        x = frames_to_batch(frames, self.meta, self.device)
+        return [self._numpy(o) for o in self.predict(frames)]
+
+    def predict(self, frames: Sequence[np.ndarray]) -> list[dict]:
+        """Like calling it, but torch tensors (probs included) on the device, not numpy."""
+        hw = frames[0].shape[:2]
+        net_hw = network_size(hw, self.net_size)
+        small = shrink(frames, net_hw)
+        x = frames_to_batch(small, self.meta, self.device)
         with torch.inference_mode():
-            out = self._with_novelty(self.sampler(x), x)
-        return _to_numpy(out, h, w, len(frames))
+            out = self._with_novelty(self._sample(x, small), x)
+            out = upsample_maps(out, net_hw, hw)
+        return [{k: v[i] for k, v in out.items()} for i in range(len(frames))]
+
+    def _sample(self, x: torch.Tensor, small: list[np.ndarray]) -> dict:
+        return self.sampler(x)
+
+    @staticmethod
+    def _numpy(one: dict) -> dict:
+        return {k: v.float().cpu().numpy() for k, v in one.items() if v.dim() == 2}
 
     def _with_novelty(self, out: dict, x: torch.Tensor) -> dict:
         if self.novelty is not None:
@@ -77,15 +134,13 @@ class TemporalPredictor(FramePredictor):
 
     batched = False
 
-    def __call__(self, frames: Sequence[np.ndarray]) -> list[dict]:
+    def predict(self, frames: Sequence[np.ndarray]) -> list[dict]:
         if len(frames) != 1:
             raise SeguncertError(f"temporal sampling takes one frame at a time, got {len(frames)}")
-        h, w = frames[0].shape[:2]
-        x = frames_to_batch(frames, self.meta, self.device)
-        with torch.inference_mode():
-            out = self.sampler(x, frame_rgb=frames[0])  # unpadded: aligned top-left
-            out = self._with_novelty(out, x)
-        return _to_numpy(out, h, w, 1)
+        return super().predict(frames)
+
+    def _sample(self, x: torch.Tensor, small: list[np.ndarray]) -> dict:
+        return self.sampler(x, frame_rgb=small[0])  # unpadded: aligned top-left
 
     def reset(self) -> None:
         self.sampler.reset()

@@ -1,8 +1,9 @@
 """A video through a model, into an overlay video, a per-frame CSV and a contact sheet.
 
 Decoding runs in the reader's thread (:class:`~seguncert.io.video_reader.FrameReader`); frames
-go through the predictor ``batch`` at a time; composed frames stream into an atomic video
-writer. A calibration pass over a few frames spread through the video fixes the colour scales
+go through the predictor ``batch`` at a time; a :class:`FrameSink` thread draws the panels and
+streams the composed frames into an atomic video writer, so decoding, inference and drawing /
+encoding overlap. A calibration pass over a few frames spread through the video fixes the colour scales
 first, so the panels of every frame share one scale; with frame-independent sampling its
 results are reused when the video pass reaches those frames.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import csv
 import io
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,42 +94,104 @@ def _batches(reader, batch: int):
         yield pending
 
 
+class FrameSink:
+    """Composes, encodes and records frames in a background thread, so drawing and encoding
+    frame n overlap the inference of the next batch (the reader's thread decodes ahead).
+    ``put(i, rgb, res)`` queues one frame (blocking when ``depth`` frames wait: memory stays
+    bounded); ``close()`` waits for the queue to drain and returns (rows, sheet); an error in
+    the thread is re-raised by the next ``put`` / ``close``."""
+
+    def __init__(self, render: PanelRenderer, plan: OutputPlan, fps: float, sheet_idx, depth=8):
+        self.render, self.plan, self.fps, self.sheet_idx = render, plan, fps, sheet_idx
+        self.rows, self.sheet, self.writer = [], [], None
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="FrameSink", daemon=True)
+        self._thread.start()
+
+    def put(self, i: int, rgb: np.ndarray, res: dict) -> None:
+        self._put((i, rgb, res))
+
+    def close(self) -> tuple[list, list]:
+        self._put(None)
+        self._thread.join()
+        self._raise()
+        if self.writer is not None:
+            self.writer.close()
+        return self.rows, self.sheet
+
+    def abort(self) -> None:
+        """Stop the thread (dropping what is queued) and remove the partial video."""
+        self._stop.set()
+        self._thread.join()
+        if self.writer is not None:
+            self.writer.abort()
+
+    def _put(self, item) -> None:
+        while True:
+            self._raise()
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _work(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    item = self._queue.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is None:
+                    return
+                self._one(*item)
+        except BaseException as e:  # handed to the main thread by put / close
+            self._error = e
+
+    def _one(self, i: int, rgb: np.ndarray, res: dict) -> None:
+        render = self.render
+        pred = res["pred"].astype(np.int64) if "pred" in res else None
+        maps = result_maps(res, render.kind)
+        frame = render(rgb, maps, pred)
+        if self.writer is None:
+            self.writer = AtomicVideoWriter(self.plan.video, self.fps, frame.shape[:2])
+        self.writer.write(frame)
+        stats = frame_stats(i, maps, pred, render.kind, render.class_names, render.scales.threshold)
+        self.rows.append(stats)
+        if self.plan.frames_dir:
+            write_image(f"{self.plan.frames_dir}/{i:06d}.png", frame)
+        if (i in self.sheet_idx) if self.sheet_idx else len(self.sheet) < SHEET_FRAMES:
+            self.sheet.append((i, frame))
+
+
 def overlay_video(
     reader, predict, render: PanelRenderer, plan: OutputPlan, batch, progress, cached=None
 ):
     """Every frame of ``reader`` through ``predict`` (or taken, and removed, from ``cached``,
-    see :func:`predict_with_cache`), composed by ``render``, into the video of ``plan`` (and
-    PNGs in ``plan.frames_dir``). Returns (statistics rows, [(index, frame)] for the contact
-    sheet, frames done)."""
-    rows, sheet, done, writer = [], [], 0, None
-    sheet_idx = spread(reader.frame_count, SHEET_FRAMES)
-    cached = {} if cached is None else cached
+    see :func:`predict_with_cache`), composed by ``render`` in a :class:`FrameSink`, into the
+    video of ``plan`` (and PNGs in ``plan.frames_dir``). Returns (statistics rows, [(index,
+    frame)] for the contact sheet, frames done)."""
+    done, cached = 0, {} if cached is None else cached
+    sink = FrameSink(render, plan, reader.fps, spread(reader.frame_count, SHEET_FRAMES))
     try:
         for pending in _batches(reader, batch):
-            for (i, rgb), res in zip(
-                pending, predict_with_cache(predict, pending, cached), strict=True
-            ):
-                pred = res["pred"].astype(np.int64) if "pred" in res else None
-                maps = result_maps(res, render.kind)
-                frame = render(rgb, maps, pred)
-                if writer is None:
-                    writer = AtomicVideoWriter(plan.video, reader.fps, frame.shape[:2])
-                writer.write(frame)
-                threshold = render.scales.threshold
-                rows.append(frame_stats(i, maps, pred, render.kind, render.class_names, threshold))
-                if plan.frames_dir:
-                    write_image(f"{plan.frames_dir}/{i:06d}.png", frame)
-                if (i in sheet_idx) if sheet_idx else len(sheet) < SHEET_FRAMES:
-                    sheet.append((i, frame))
+            results = predict_with_cache(predict, pending, cached)
+            for (i, rgb), res in zip(pending, results, strict=True):
+                sink.put(i, rgb, res)
             done += len(pending)
             progress.update(len(pending), images=len(pending))
+        if done == 0:
+            raise ConfigError(f"no frames decoded from {reader.path}")
     except BaseException:
-        if writer is not None:
-            writer.abort()
+        sink.abort()
         raise
-    if writer is None:
-        raise ConfigError(f"no frames decoded from {reader.path}")
-    writer.close()
+    rows, sheet = sink.close()
     return rows, sheet, done
 
 

@@ -42,3 +42,52 @@ def test_all_cached_calls_nothing():
     cached = {0: (frame(1), {"m": np.zeros((2, 2))})}
     assert len(predict_with_cache(predict, [(0, frame(1))], cached)) == 1
     assert predict.calls == []
+
+
+class FakeRender:
+    """Draws the frame as it is; raises on frame ``fail``."""
+
+    kind, class_names = "segmentation", ["a", "b"]
+
+    def __init__(self, fail=None):
+        self.fail, self.threads = fail, set()
+        self.scales = type("S", (), {"threshold": 0.5})()
+
+    def __call__(self, rgb, maps, pred):
+        import threading
+
+        self.threads.add(threading.current_thread().name)
+        if int(rgb[0, 0, 0]) == self.fail:
+            raise ValueError(f"cannot draw frame {self.fail}")
+        return rgb
+
+
+def sink_frames(tmp_path, render, n=5):
+    from seguncert.inference.video import FrameSink, OutputPlan
+
+    plan = OutputPlan(tmp_path / "v.mp4", tmp_path / "v.csv", tmp_path / "v.png")
+    sink = FrameSink(render, plan, 10.0, [0, 4], depth=2)
+    res = {k: np.ones((4, 4)) for k in ("pred", "aleatoric", "epistemic", "entropy")}
+    try:
+        for i in range(n):
+            sink.put(i, frame(i), res)
+    except BaseException:
+        sink.abort()
+        raise
+    return sink.close()
+
+
+def test_the_sink_draws_in_its_own_thread_in_order(tmp_path):
+    render = FakeRender()
+    rows, sheet = sink_frames(tmp_path, render)
+    assert render.threads == {"FrameSink"}
+    assert [r[0] for r in rows] == list(range(5)) and [i for i, _ in sheet] == [0, 4]
+    assert (tmp_path / "v.mp4").is_file()
+
+
+def test_an_error_while_drawing_reaches_the_caller_and_leaves_no_video(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="cannot draw frame 2"):
+        sink_frames(tmp_path, FakeRender(fail=2), n=40)
+    assert list(tmp_path.iterdir()) == []

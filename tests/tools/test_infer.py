@@ -276,3 +276,28 @@ def test_the_novelty_panel_without_a_density_is_one_line(tmp_path, ckpt, clip):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "--fit-density" in lines[0], r.stderr
     assert not out.exists()
+
+
+def test_net_size_runs_the_network_smaller_and_keeps_the_frame_size(tmp_path, ckpt, clip):
+    out = tmp_path / "small.mp4"
+    base = ("--checkpoint", ckpt, "--input", clip, "--mc-samples", 2, "--size", "64x96")
+    r = run_infer(*base, "--out", out, "--net-size", "32x48")
+    assert r.returncode == 0, r.stderr
+    ref = tmp_path / "native.mp4"
+    assert run_infer(*base, "--out", ref, "--net-size", "native").returncode == 0
+    small, _ = read_video(out)
+    native, _ = read_video(ref)
+    assert len(small) == 5 and small[0].shape == native[0].shape
+    assert not np.array_equal(small[2], native[2])  # the maps did change
+    r = run_infer(*base, "--out", tmp_path / "bad.mp4", "--net-size", "big")
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: --net-size must look like")
+    assert not (tmp_path / "bad.mp4").exists()
+
+
+def test_the_default_net_size_is_the_checkpoints_training_size():
+    from seguncert.cli.infer import net_size
+
+    assert net_size("train", {"config": {"data": {"size": [180, 240]}}}) == (180, 240)
+    assert net_size("train", {"config": {"model": {}}}) is None  # no training size: native
+    assert net_size("native", {"config": {"data": {"size": [180, 240]}}}) is None
+    assert net_size("90x120", {}) == (90, 120)

@@ -1,0 +1,348 @@
+"""Quality / cost front of video uncertainty on CamVid val 0016E5, and the default it picks for
+tools/infer.py (issue 13, items 2 and 4).
+
+For every checkpoint (--checkpoint, repeated: one per dropout placement, named by its
+``model.dropout``) and network size (--net-sizes: ``train`` = the checkpoint's training pixel
+count, ``native`` = the 360x480 frames as they are; tools/infer.py --net-size), over the first
+--frames val frames in order (the 101 of 0016E5), scored against the 360x480 labels with the
+maps upsampled as tools/infer.py does (seguncert.inference.frames):
+- per-frame MC at every T in --samples: the first t samples of one T = max(--samples) draw
+  (every sample's masks are seeded by its index, so these are exactly the samples
+  ``MCSampler(samples=t)`` draws; the first frame checks this against such a sampler);
+- temporal reuse (``TemporalMC``, tools/infer.py --temporal K [--flow]) for every K in
+  --temporal, without and with flow (--temporal-sizes: the net sizes it runs at).
+Quality: error-detection AUROC of entropy (total), aleatoric (expected entropy) and epistemic
+(mutual information) for the fused prediction's own misclassified labelled pixels; top-label
+ECE (15 bins) and NLL of the fused probabilities; mIoU. Cost: frames/s of the maps as
+tools/infer.py computes them (shrink, normalise, sample, upsample; no drawing or encoding),
+timed on the first --timing-frames frames (--batch frames per call for per-frame sampling,
+one for temporal), rounds round-robin over the settings, median; and as a multiple of one
+deterministic (eval-mode) pass at the native size, timed in the same rounds.
+A setting is on the Pareto front of a map when no other setting of its checkpoint is both
+faster and better on that map's AUROC. "Keeps T=20 quality" (item 4): every map's AUROC at most
+--tolerance below per-frame T = 20 at the native size (the tool's old default) and ECE at most
+0.1 points above it; the fastest such setting is printed as the recommended default.
+--tool also runs tools/infer.py with its defaults on the same frames (a PNG folder, 360x480)
+and prints its frames/s beside the model's own for the same setting.
+
+    .venv/bin/python bench/video_pareto.py --checkpoint runs/place_central --threads 2 --json
+    .venv/bin/python bench/video_pareto.py --checkpoint A --checkpoint B --tool --json
+    .venv/bin/python bench/video_pareto.py --checkpoint runs/place_central --quick --json
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import (
+    add_common_args,
+    camvid_val_batches,
+    describe_machine,
+    device_label,
+    doc_parser,
+    emit_summary,
+    parse_ints,
+    print_table,
+    require_camvid,
+    setup,
+)
+
+from seguncert.errors import ConfigError, SeguncertError, run_cli
+
+MAPS = ("entropy", "aleatoric", "epistemic")
+ECE_SLACK = 0.001
+
+
+def read_frames(root: Path, n: int, meta) -> list[tuple[np.ndarray, torch.Tensor]]:
+    """[(uint8 RGB 360x480, label (H, W) long)] for the first ``n`` val frames in order."""
+    return [(rgb, label[0]) for _, label, rgb in camvid_val_batches(root, n, None, meta["mean"],
+                                                                    meta["std"])]  # fmt: skip
+
+
+class Scores:
+    """Streaming quality of one setting: AUROC of each map, ECE / NLL, mIoU."""
+
+    def __init__(self, num_classes: int) -> None:
+        from seguncert.metrics.calibration import CalibrationMetrics
+        from seguncert.metrics.quality import UncertaintyQuality
+        from seguncert.metrics.segmentation import ConfusionMatrix
+
+        log_c = math.log(num_classes)
+        self.quality = UncertaintyQuality(list(MAPS), ranges=dict.fromkeys(MAPS, (0.0, log_c)))
+        self.calibration = CalibrationMetrics(num_classes)
+        self.confusion = ConfusionMatrix(num_classes)
+
+    def update(self, out: dict, label: torch.Tensor) -> None:
+        """``out``: one frame's upsampled tensors (probs (C, H, W), pred and maps (H, W))."""
+        label = label.to(out["pred"].device)[None]
+        pred = out["pred"][None].long()
+        self.quality.update({m: out[m][None] for m in MAPS}, pred == label, label != 255)
+        self.calibration.update(out["probs"][None], label)
+        self.confusion.update(pred, label)
+
+    def result(self) -> dict:
+        q, c = self.quality.compute(), self.calibration.compute()
+        res = {f"auroc_{m}": q["maps"][m]["auroc"] for m in MAPS}
+        return {**res, "ece": c["ece"], "nll": c["nll"], "miou": self.confusion.compute()["miou"]}
+
+
+def prefix_maps(samples: torch.Tensor, t: int) -> dict:
+    """Maps of the first ``t`` samples (T, B, C, h, w): the MCSampler formulas."""
+    from seguncert.uncertainty.maps import expected_entropy, predictive_entropy
+
+    p = samples[:t]
+    probs = p.mean(0)
+    total, alea = predictive_entropy(probs), expected_entropy(p)
+    return {"probs": probs, "pred": probs.argmax(1), "entropy": total, "aleatoric": alea,
+            "epistemic": (total - alea).clamp_min(0.0)}  # fmt: skip
+
+
+def check_prefix(model, x, net_hw, t: int, out_samples, opts) -> None:
+    """The prefix of the T = max draw equals MCSampler(samples=t)'s own maps on this frame."""
+    from seguncert.uncertainty.sampler import MCSampler
+
+    ref = MCSampler(model, samples=t, **opts)(x)
+    mine = prefix_maps(out_samples, t)
+    h, w = net_hw
+    diff = float((mine["epistemic"] - ref["epistemic"])[..., :h, :w].abs().max())
+    if diff > 1e-4:
+        raise SeguncertError(f"prefix of the T-sample draw differs from T={t} sampling by {diff}")
+
+
+def per_frame_quality(model, info, frames, ts, net, args, device) -> dict[int, dict]:
+    """{t: scores} of per-frame sampling at network size ``net`` (None: native)."""
+    from seguncert.inference.frames import frames_to_batch, network_size, shrink, upsample_maps
+    from seguncert.uncertainty.checkpoint_calibration import checkpoint_calibrator
+    from seguncert.uncertainty.sampler import MCSampler
+
+    opts = {"seed": args.seed, "calibrator": checkpoint_calibrator(info)}
+    sampler = MCSampler(model, samples=max(ts), return_samples=True, **opts)
+    c = len(info["meta"]["class_names"])
+    scores = {t: Scores(c) for t in ts}
+    for i, (rgb, label) in enumerate(frames):
+        hw = rgb.shape[:2]
+        net_hw = network_size(hw, net)
+        x = frames_to_batch(shrink([rgb], net_hw), info["meta"], device)
+        with torch.inference_mode():
+            samples = sampler(x)["samples"]
+            if i == 0 and len(ts) > 1:
+                check_prefix(model, x, net_hw, sorted(ts)[-2], samples, opts)
+            for t in ts:
+                out = upsample_maps(prefix_maps(samples, t), net_hw, hw)
+                scores[t].update({k: v[0] for k, v in out.items()}, label)
+    return {t: s.result() for t, s in scores.items()}
+
+
+def make_predictor(model, info, setting: dict, args, device):
+    """tools/infer.py's predictor for a setting {"t", "k", "flow", "net"}."""
+    from seguncert.inference.frames import FramePredictor, TemporalPredictor
+    from seguncert.uncertainty.checkpoint_calibration import checkpoint_calibrator
+    from seguncert.uncertainty.sampler import MCSampler
+    from seguncert.uncertainty.temporal import TemporalMC
+
+    opts = {"seed": args.seed, "calibrator": checkpoint_calibrator(info)}
+    meta, net = info["meta"], setting["net"]
+    if setting["k"]:
+        temporal = TemporalMC(model, setting["k"], flow=setting["flow"], **opts)
+        return TemporalPredictor(temporal, meta, device, None, net)
+    if setting["t"] == 0:
+        return FramePredictor(Deterministic(model), meta, device, None, net)
+    return FramePredictor(MCSampler(model, samples=setting["t"], **opts), meta, device, None, net)
+
+
+class Deterministic:
+    """One eval-mode pass (dropout off): the unit of inference cost."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __call__(self, x: torch.Tensor) -> dict:
+        from seguncert.uncertainty.maps import predictive_entropy
+
+        p = self.model.eval()(x)["logits"].float().softmax(1)
+        return {"probs": p, "pred": p.argmax(1), "entropy": predictive_entropy(p)}
+
+
+def temporal_quality(model, info, frames, setting, args, device) -> dict:
+    predict = make_predictor(model, info, setting, args, device)
+    predict.reset()
+    scores = Scores(len(info["meta"]["class_names"]))
+    for rgb, label in frames:
+        scores.update(predict.predict([rgb])[0], label)
+    return scores.result()
+
+
+def timing(model, info, frames, settings: dict, args, device) -> dict[str, float]:
+    """Median frames/s of every setting over --repeats round-robin rounds (after a warm-up)."""
+    rgbs = [rgb for rgb, _ in frames[: args.timing_frames]]
+    predictors = {n: make_predictor(model, info, s, args, device) for n, s in settings.items()}
+    seconds: dict[str, list[float]] = {n: [] for n in settings}
+    for r in range(args.warmup + args.repeats):
+        for name, predict in predictors.items():
+            predict.reset()
+            step = 1 if not predict.batched else args.batch
+            todo = rgbs if r >= args.warmup else rgbs[:step]
+            t0 = time.perf_counter()
+            for j in range(0, len(todo), step):
+                predict.predict(todo[j : j + step])
+            if r >= args.warmup:
+                seconds[name].append(time.perf_counter() - t0)
+    return {n: len(rgbs) / statistics.median(v) for n, v in seconds.items()}
+
+
+def setting_grid(ts, ks, net_sizes, temporal_sizes, train_hw) -> dict[str, dict]:
+    grid = {"deterministic": {"t": 0, "k": 0, "flow": False, "net": None, "size": "native"}}
+    for size in net_sizes:
+        net = train_hw if size == "train" else None
+        for t in ts:
+            grid[f"T{t}@{size}"] = {"t": t, "k": 0, "flow": False, "net": net, "size": size}
+        if size in temporal_sizes:
+            for k in ks:
+                for flow in (False, True):
+                    name = f"temporal{k}{'+flow' if flow else ''}@{size}"
+                    grid[name] = {"t": 0, "k": k, "flow": flow, "net": net, "size": size}
+    return grid
+
+
+def pareto(rows: dict[str, dict], key: str) -> set[str]:
+    """Settings no other setting beats on both frames/s and ``key`` (higher is better)."""
+    front = set()
+    for n, r in rows.items():
+        if not any(o["fps"] > r["fps"] and o[key] > r[key] for m, o in rows.items() if m != n):
+            front.add(n)
+    return front
+
+
+def keeps_quality(r: dict, ref: dict, tol: float) -> bool:
+    return all(r[f"auroc_{m}"] >= ref[f"auroc_{m}"] - tol for m in MAPS) and (
+        r["ece"] <= ref["ece"] + ECE_SLACK
+    )
+
+
+def run_checkpoint(path: str, root: Path, args, device) -> tuple[str, dict]:
+    from seguncert.inference.frames import network_size
+    from seguncert.io.checkpoint import load_checkpoint
+
+    model, info = load_checkpoint(path, map_location=device)
+    name = (info.get("config") or {}).get("model", {}).get("dropout", Path(path).name)
+    train_hw = tuple((info.get("config") or {}).get("data", {}).get("size") or ()) or None
+    frames = read_frames(root, args.frames, info["meta"])
+    ts, ks = parse_ints(args.samples, "--samples"), parse_ints(args.temporal, "--temporal")
+    grid = setting_grid(ts, ks, args.net_sizes.split(","), args.temporal_sizes.split(","), train_hw)
+    print(f"{name}: {path}, {len(frames)} frames at {frames[0][0].shape[0]}x"
+          f"{frames[0][0].shape[1]}, network at {network_size(frames[0][0].shape[:2], train_hw)}"
+          " (train) / native", flush=True)  # fmt: skip
+    rows: dict[str, dict] = {}
+    for size in args.net_sizes.split(","):
+        t0 = time.perf_counter()
+        net = train_hw if size == "train" else None
+        for t, r in per_frame_quality(model, info, frames, ts, net, args, device).items():
+            rows[f"T{t}@{size}"] = r
+        print(f"  per-frame quality @{size}: {time.perf_counter() - t0:.0f} s", flush=True)
+    for n, s in grid.items():
+        if s["k"]:
+            t0 = time.perf_counter()
+            rows[n] = temporal_quality(model, info, frames, s, args, device)
+            print(f"  {n}: {time.perf_counter() - t0:.0f} s", flush=True)
+    fps = timing(model, info, frames, grid, args, device)
+    det = fps.pop("deterministic")
+    for n, r in rows.items():
+        r.update(fps=fps[n], cost=det / fps[n])
+    return name, {"rows": rows, "deterministic_fps": det, "settings": grid}
+
+
+def report(name: str, res: dict, args) -> dict:
+    rows = res["rows"]
+    fronts = {m: pareto(rows, f"auroc_{m}") for m in MAPS}
+    ref = rows.get(f"T{max(parse_ints(args.samples, '--samples'))}@native")
+    ok = [n for n, r in rows.items() if ref is not None and keeps_quality(r, ref, args.tolerance)]
+    best = max(ok, key=lambda n: rows[n]["fps"]) if ok else None
+    table = []
+    for n, r in sorted(rows.items(), key=lambda kv: -kv[1]["fps"]):
+        mark = "".join(k for k, m in zip("HAM", MAPS) if n in fronts[m])
+        table.append([n, r["fps"], r["cost"], r["auroc_entropy"], r["auroc_aleatoric"],
+                      r["auroc_epistemic"], 100 * r["ece"], r["nll"], 100 * r["miou"],
+                      mark, "yes" if n in ok else ""])  # fmt: skip
+    print_table(["setting", "frames/s", "x det", "AUROC H", "AUROC alea", "AUROC MI", "ECE %",
+                 "NLL", "mIoU %", "front", "keeps T20"], table,
+                f"{name}: deterministic pass {res['deterministic_fps']:.2f} frames/s; front = "
+                "Pareto front of frames/s vs that map's AUROC (H entropy, A aleatoric, "
+                "M epistemic); keeps T20 = within the tolerance of T20@native")  # fmt: skip
+    print(f"{name}: fastest setting that keeps per-frame T=20 quality: {best}")
+    return {"fronts": {m: sorted(f) for m, f in fronts.items()}, "keeps_t20": ok,
+            "recommended": best}  # fmt: skip
+
+
+def tool_check(path: str, root: Path, args) -> dict:
+    """tools/infer.py with its defaults on the first --timing-frames frames (a PNG folder)."""
+    import cv2
+    from video_fps import run_infer
+
+    from seguncert.cli.infer import FLAGS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = Path(tmp) / "clip"
+        clip.mkdir()
+        files = sorted((root / "val").glob("*.png"))[: args.tool_frames]
+        for i, f in enumerate(files):
+            cv2.imwrite(str(clip / f"frame_{i:05d}.png"), cv2.imread(str(f)))
+        defaults = {flag: kw.get("default") for flag, kw, _ in FLAGS}
+        args.flow = False
+        res = run_infer(path, clip, Path(tmp), defaults["--mc-samples"],
+                        defaults["--temporal"], args)  # fmt: skip
+    print(f"tools/infer.py with its defaults ({args.tool_frames} frames): "
+          f"{res['fps']:.2f} frames/s (clip), {res['fps_total']:.2f} (done: line)")  # fmt: skip
+    return res
+
+
+def main() -> int:
+    p = doc_parser(__doc__)
+    p.add_argument("--checkpoint", action="append", required=True, help="run folder (repeatable)")
+    p.add_argument("--data-root", help="CamVid root (default ../shared/datasets/camvid)")
+    p.add_argument("--samples", default="1,2,4,8,20", help="T values (default 1,2,4,8,20)")
+    p.add_argument("--temporal", default="2,4", help="temporal K values (default 2,4)")
+    p.add_argument("--net-sizes", default="train,native", help="train and/or native")
+    p.add_argument("--temporal-sizes", default="train", help="net sizes temporal runs at")
+    p.add_argument("--frames", type=int, help="val frames in order (default 101, quick 4)")
+    p.add_argument("--timing-frames", type=int, help="frames timed (default 12, quick 4)")
+    p.add_argument("--batch", type=int, default=4, help="frames per call, per-frame (default 4)")
+    p.add_argument("--tolerance", type=float, default=0.01, help="AUROC slack vs T20 (0.01)")
+    p.add_argument("--tool", action="store_true", help="also time tools/infer.py's defaults")
+    p.add_argument("--tool-frames", type=int, default=24, help="frames of the --tool clip (24)")
+    add_common_args(p, repeats=2)
+    args = p.parse_args()
+    device = setup(args)
+    args.device = str(device)
+    args.frames = args.frames or (4 if args.quick else 101)
+    args.timing_frames = min(args.frames, args.timing_frames or (4 if args.quick else 12))
+    if args.quick:
+        args.samples, args.temporal = "1,2,4", "2"
+    for flag in ("frames", "timing_frames", "batch"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1")
+    bad = set(args.net_sizes.split(",") + args.temporal_sizes.split(",")) - {"train", "native"}
+    if bad:
+        raise ConfigError(f"--net-sizes / --temporal-sizes take train and native, not {bad}")
+    root = require_camvid(args.data_root)
+    summary = {"bench": "video_pareto", "checkpoints": {}}
+    for path in args.checkpoint:
+        name, res = run_checkpoint(path, root, args, device)
+        res.update(report(name, res, args))
+        res.pop("settings")
+        summary["checkpoints"][name] = {"path": path, **res}
+    if args.tool:
+        summary["tool"] = tool_check(args.checkpoint[0], root, args)
+    summary.update(frames=args.frames, device=device_label(device),
+                   machine=describe_machine(device), quick=args.quick)  # fmt: skip
+    emit_summary(summary, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
