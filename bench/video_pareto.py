@@ -296,7 +296,10 @@ def tool_check(path: str, root: Path, args) -> dict:
         args.flow = False
         res = run_infer(path, clip, Path(tmp), defaults["--mc-samples"],
                         defaults["--temporal"], args)  # fmt: skip
-    print(f"tools/infer.py with its defaults ({args.tool_frames} frames): "
+    t, k = defaults["--mc-samples"], defaults["--temporal"]
+    size = "native" if defaults["--net-size"] == "native" else "train"
+    res["setting"] = f"temporal{k}@{size}" if k else f"T{t}@{size}"
+    print(f"tools/infer.py with its defaults ({res['setting']}, {args.tool_frames} frames): "
           f"{res['fps']:.2f} frames/s (clip), {res['fps_total']:.2f} (done: line)")  # fmt: skip
     return res
 
@@ -337,7 +340,13 @@ def main() -> int:
         res.pop("settings")
         summary["checkpoints"][name] = {"path": path, **res}
     if args.tool:
-        summary["tool"] = tool_check(args.checkpoint[0], root, args)
+        tool = tool_check(args.checkpoint[0], root, args)
+        first = next(iter(summary["checkpoints"].values()))["rows"]
+        if tool["setting"] in first:
+            tool["model_fps"] = first[tool["setting"]]["fps"]
+            tool["tool_over_model"] = tool["fps"] / tool["model_fps"]
+            print(f"tool / model frames/s: {tool['tool_over_model']:.2f} (target >= 0.90)")
+        summary["tool"] = tool
     summary.update(frames=args.frames, device=device_label(device),
                    machine=describe_machine(device), quick=args.quick)  # fmt: skip
     emit_summary(summary, args.json)
