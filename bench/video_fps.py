@@ -91,6 +91,8 @@ def run_infer(ckpt, clip: Path, out: Path, samples: int, temporal: int, args) ->
            "--overwrite"]  # fmt: skip
     if args.flow and temporal:
         cmd.append("--flow")
+    if getattr(args, "net_size", None):
+        cmd += ["--net-size", args.net_size]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     wall = time.perf_counter() - t0
@@ -124,7 +126,7 @@ def speed_mode(args, device) -> dict:
     rows = [[k, fps[k], total[k], fps[k] / fps[f"T{ts[0]}"]] for k in runs]
     print_table(["setting", "frames/s", "done: line", f"x T{ts[0]}"], rows)
     out = {"bench": "video_fps", "fps": fps, "fps_total": total,
-           "frames": n, "size": list(size), "source": args.source,
+           "frames": n, "size": list(size), "source": args.source, "net_size": args.net_size,
            "checkpoint": str(args.checkpoint) if args.checkpoint else "fresh (untrained)"}  # fmt: skip
     if "T20" in fps:
         out["speedup_vs_T20"] = {k: v / fps["T20"] for k, v in fps.items() if "temporal" in k}
@@ -218,6 +220,8 @@ def main() -> int:
     p.add_argument("--frames", type=int, help="frames (default 24, quick 6; quality 101, quick 8)")
     p.add_argument("--size", help="HxW (default 360x480, quick 180x240; quality: ckpt's size)")
     p.add_argument("--temporal-quality", action="store_true", help="quality mode (see above)")
+    p.add_argument("--net-size", default="native",
+                   help="speed mode: tools/infer.py --net-size (default native: the clip's size)")  # fmt: skip
     add_common_args(p, repeats=2)
     args = p.parse_args()
     if args.repeats is None and args.quick:

@@ -51,12 +51,12 @@ def frames_to_batch(frames: Sequence[np.ndarray], meta: dict, device) -> torch.T
 
 def network_size(frame_hw: tuple[int, int], train_hw) -> tuple[int, int]:
     """The size a frame is run at: ``frame_hw`` scaled (aspect kept) to the pixel count of
-    ``train_hw`` (None: the frame's own size), never enlarged, sides at least 32."""
+    ``train_hw`` (None: the frame's own size); never enlarged, and no side shrunk below 32."""
     h, w = frame_hw
     if train_hw is None:
         return h, w
     s = min(1.0, (train_hw[0] * train_hw[1] / (h * w)) ** 0.5)
-    return (max(32, round(h * s)), max(32, round(w * s))) if s < 1.0 else (h, w)
+    return (min(h, max(32, round(h * s))), min(w, max(32, round(w * s))))
 
 
 def shrink(frames: Sequence[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
@@ -67,22 +67,28 @@ def shrink(frames: Sequence[np.ndarray], size: tuple[int, int]) -> list[np.ndarr
     return [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames]
 
 
-def upsample_maps(out: dict, net_hw: tuple[int, int], hw: tuple[int, int]) -> dict:
-    """The sampler's output, cropped to ``net_hw`` and brought to ``hw``: (B, H, W) maps and
-    (B, C, H, W) ``probs`` bilinearly, ``pred`` = argmax of the upsampled probabilities."""
+def upsample_maps(
+    out: dict, net_hw: tuple[int, int], hw: tuple[int, int], keep_probs: bool = True
+) -> dict:
+    """The sampler's output, cropped to ``net_hw`` and brought to ``hw``: float (B, H, W) maps
+    and the (B, C, H, W) ``probs`` bilinearly (one frame at a time, so full-size probabilities
+    of a whole batch never coexist), ``pred`` = argmax of the upsampled probabilities; without
+    ``keep_probs`` the upsampled probabilities are dropped once ``pred`` is taken."""
     h, w = net_hw
     crop = {k: v[..., :h, :w] for k, v in out.items() if v.dim() in (3, 4)}
     if (h, w) == tuple(hw):
-        return crop
-    res = {}
-    for k, v in crop.items():
-        if k == "pred" or not v.is_floating_point():
-            continue
-        up = v if v.dim() == 4 else v.unsqueeze(1)
-        up = F.interpolate(up.float(), size=hw, mode="bilinear", align_corners=False)
-        res[k] = up if v.dim() == 4 else up.squeeze(1)
-    if "probs" in res:
-        res["pred"] = res["probs"].argmax(1)
+        return crop if keep_probs else {k: v for k, v in crop.items() if k != "probs"}
+    res = {
+        k: F.interpolate(v[:, None].float(), size=hw, mode="bilinear", align_corners=False)[:, 0]
+        for k, v in crop.items()
+        if v.dim() == 3 and v.is_floating_point()
+    }
+    if "probs" in crop:
+        ups = [F.interpolate(p[None].float(), size=hw, mode="bilinear", align_corners=False)[0]
+               for p in crop["probs"]]  # fmt: skip
+        res["pred"] = torch.stack([p.argmax(0) for p in ups])
+        if keep_probs:
+            res["probs"] = torch.stack(ups)
     elif "pred" in crop:
         res["pred"] = F.interpolate(crop["pred"][:, None].float(), size=hw, mode="nearest")[:, 0]
     return res
@@ -100,9 +106,9 @@ class FramePredictor:
         self.novelty, self.net_size = novelty, net_size
 
     def __call__(self, frames: Sequence[np.ndarray]) -> list[dict]:
-        return [self._numpy(o) for o in self.predict(frames)]
+        return [self._numpy(o) for o in self.predict(frames, keep_probs=False)]
 
-    def predict(self, frames: Sequence[np.ndarray]) -> list[dict]:
+    def predict(self, frames: Sequence[np.ndarray], keep_probs: bool = True) -> list[dict]:
         """Like calling it, but torch tensors (probs included) on the device, not numpy."""
         hw = frames[0].shape[:2]
         net_hw = network_size(hw, self.net_size)
@@ -110,7 +116,7 @@ class FramePredictor:
         x = frames_to_batch(small, self.meta, self.device)
         with torch.inference_mode():
             out = self._with_novelty(self._sample(x, small), x)
-            out = upsample_maps(out, net_hw, hw)
+            out = upsample_maps(out, net_hw, hw, keep_probs)
         return [{k: v[i] for k, v in out.items()} for i in range(len(frames))]
 
     def _sample(self, x: torch.Tensor, small: list[np.ndarray]) -> dict:
@@ -134,10 +140,10 @@ class TemporalPredictor(FramePredictor):
 
     batched = False
 
-    def predict(self, frames: Sequence[np.ndarray]) -> list[dict]:
+    def predict(self, frames: Sequence[np.ndarray], keep_probs: bool = True) -> list[dict]:
         if len(frames) != 1:
             raise SeguncertError(f"temporal sampling takes one frame at a time, got {len(frames)}")
-        return super().predict(frames)
+        return super().predict(frames, keep_probs)
 
     def _sample(self, x: torch.Tensor, small: list[np.ndarray]) -> dict:
         return self.sampler(x, frame_rgb=small[0])  # unpadded: aligned top-left

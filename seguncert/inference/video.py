@@ -114,9 +114,14 @@ class FrameSink:
         self._put((i, rgb, res))
 
     def close(self) -> tuple[list, list]:
-        self._put(None)
-        self._thread.join()
-        self._raise()
+        """Wait for the queued frames; an error (or Ctrl-C) meanwhile aborts the video."""
+        try:
+            self._put(None)
+            self._thread.join()
+            self._raise()
+        except BaseException:
+            self.abort()
+            raise
         if self.writer is not None:
             self.writer.close()
         return self.rows, self.sheet
@@ -124,9 +129,11 @@ class FrameSink:
     def abort(self) -> None:
         """Stop the thread (dropping what is queued) and remove the partial video."""
         self._stop.set()
-        self._thread.join()
-        if self.writer is not None:
-            self.writer.abort()
+        try:
+            self._thread.join()
+        finally:
+            if self.writer is not None:
+                self.writer.abort()
 
     def _put(self, item) -> None:
         while True:

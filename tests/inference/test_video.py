@@ -1,6 +1,7 @@
 """The video pass reuses the calibration pass's results for the same frames."""
 
 import numpy as np
+import pytest
 
 from seguncert.inference.video import predict_with_cache
 
@@ -85,9 +86,8 @@ def test_the_sink_draws_in_its_own_thread_in_order(tmp_path):
     assert (tmp_path / "v.mp4").is_file()
 
 
-def test_an_error_while_drawing_reaches_the_caller_and_leaves_no_video(tmp_path):
-    import pytest
-
-    with pytest.raises(ValueError, match="cannot draw frame 2"):
-        sink_frames(tmp_path, FakeRender(fail=2), n=40)
+@pytest.mark.parametrize("fail, n", [(2, 40), (4, 5)])  # while frames are queued; the last
+def test_an_error_while_drawing_reaches_the_caller_and_leaves_no_video(tmp_path, fail, n):
+    with pytest.raises(ValueError, match=f"cannot draw frame {fail}"):
+        sink_frames(tmp_path, FakeRender(fail=fail), n=n)
     assert list(tmp_path.iterdir()) == []
