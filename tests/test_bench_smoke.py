@@ -72,4 +72,5 @@ def test_video_pareto_quick_scores_every_setting_and_picks_a_default(tmp_path, c
         assert row["fps"] > 0 and 0 <= row["ece"] <= 1 and 0 <= row["auroc_epistemic"] <= 1
     assert res["rows"]["T1@train"]["auroc_epistemic"] == 0.5  # one sample: MI is 0 everywhere
     assert all(front and set(front) <= names for front in res["fronts"].values())
-    assert res["recommended"] is None  # no native T=20 reference in this run
+    assert res["recommended"] in res["keeps_t20"] and "T4@train" in res["keeps_t20"]
+    assert res["keeps_t20_native"] == []  # no native reference in this run
