@@ -2,8 +2,8 @@
 
 Used by :class:`~seguncert.models.unet.DecoderBlock` on a state that
 :meth:`~seguncert.models.unet.BayesianUNet.prepare_suffix` prepared for MC sampling; training and
-plain ``forward`` never see them. All weights are derived at call time from the module's own
-parameters and buffers, so the state_dict is untouched.
+plain ``forward`` never see them. All weights are derived from the module's own parameters and buffers
+(the decoder block keeps them until one of those changes), so the state_dict is untouched.
 
 - :func:`fold_bn`: an eval-mode BatchNorm after a bias-free convolution is a per-channel scale
   of the weights plus a shift, so conv + BN is one convolution (saves a full pass over the
@@ -38,7 +38,7 @@ def fold_bn(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, tor
     return weight * g.view(-1, *([1] * (weight.dim() - 1))).to(weight.dtype), shift
 
 
-def _phase_weights(w: torch.Tensor) -> torch.Tensor:
+def phase_weights(w: torch.Tensor) -> torch.Tensor:
     """3x3 weights (O, I, 3, 3) -> 2x2 weights (4 O, I, 2, 2), phases (row, col) parity in the
     order 00, 01, 10, 11. An even output row 2i reads upsampled rows 2i-1, 2i, 2i+1 = small rows
     i-1, i, i (taps k0 | k1 + k2); an odd row 2i+1 reads i, i, i+1 (k0 + k1 | k2); columns
@@ -53,7 +53,11 @@ def _phase_weights(w: torch.Tensor) -> torch.Tensor:
 
 
 def up2_conv3x3(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, size=None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    size=None,
+    phases: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``conv2d(interpolate(x, size, mode="nearest"), weight, bias, padding=1)`` for x
     (N, I, h, w) and weight (O, I, 3, 3), computed at the low resolution, in x's memory format
@@ -65,12 +69,13 @@ def up2_conv3x3(
     (2i+a, 2j+b) at (i+a, j+b); four strided copies lay the phases out (one 6-d copy of the
     same data was ~2x slower: its inner loop ran over the 2 columns of a phase pair). For an odd
     H (W) the last output row (column) read the dropped upsampled row (column) as a copy of its
-    neighbour instead of zero padding: it is recomputed from a two-row (two-column) strip."""
+    neighbour instead of zero padding: it is recomputed from a two-row (two-column) strip.
+    ``phases``: ``phase_weights(weight)`` when the caller keeps it (default: derived here)."""
     n, _, h, w = x.shape
     rows, cols = size if size is not None else (2 * h, 2 * w)
     o = weight.shape[0]
     b4 = None if bias is None else bias.repeat(4)
-    y = F.conv2d(x, _phase_weights(weight), b4, padding=1)
+    y = F.conv2d(x, phase_weights(weight) if phases is None else phases, b4, padding=1)
     channels_last = x.is_contiguous(memory_format=torch.channels_last)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = torch.empty((n, o, rows, cols), dtype=y.dtype, device=y.device, memory_format=fmt)

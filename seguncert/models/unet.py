@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import ConfigError, SeguncertError
 from .base import StagedModel, State, model_spec
-from .decoder_ops import channels_last_pays, fold_bn, up2_conv3x3, up2_fits
+from .decoder_ops import channels_last_pays, fold_bn, phase_weights, up2_conv3x3, up2_fits
 from .dropout import get_preset, make_dropout
 from .heads import HeadStage
 
@@ -100,6 +100,7 @@ class DecoderBlock(nn.Module):
         )
         self.has_skip = skip_channels > 0
         self.in_channels = in_channels
+        self._derived: tuple | None = None  # (key, weights) of _folded_weights
 
     def forward(self, state: State) -> State:
         x = self.drop(state["x"])
@@ -129,21 +130,45 @@ class DecoderBlock(nn.Module):
         bns = (self.convs[1], self.convs[4])
         return all(not bn.training and bn.running_var is not None for bn in bns)
 
+    def _folded_weights(self) -> tuple:
+        """(w1 of the upsampled input with BN 1 folded, its shift, its x2 phase weights,
+        conv 2 with BN 2 folded, its shift), derived once and kept while the parameters and
+        BN statistics stay the same tensors at the same version (an optimiser step, a
+        ``load_state_dict`` or ``.to()`` changes one of them): the sampler runs this block
+        once per MC sample, and re-deriving them each time was a visible share of a
+        tools/infer.py profile (docs/benchmarks.md, the video front)."""
+        conv1, bn1, _, conv2, bn2, _ = self.convs
+        tensors = [conv1.weight, conv2.weight]
+        tensors += [t for bn in (bn1, bn2) for t in (bn.weight, bn.bias, bn.running_mean,
+                                                     bn.running_var) if t is not None]  # fmt: skip
+        try:
+            key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        except RuntimeError:  # inference tensors keep no version: derive every time
+            key = None
+        if key is None or self._derived is None or self._derived[0] != key:
+            with torch.no_grad():
+                w1, shift1 = fold_bn(conv1.weight[:, : self.in_channels], bn1)
+                w2, shift2 = fold_bn(conv2.weight, bn2)
+                weights = (w1, shift1, phase_weights(w1), w2, shift2)
+            self._derived = None if key is None else (key, weights)
+            return weights
+        return self._derived[1]
+
     def _forward_prepared(self, x: torch.Tensor, state: State) -> State:
         conv1, bn1, _, conv2, bn2, _ = self.convs
         terms = list(state["skip_terms"])
         term = terms.pop() if self.has_skip else None
         size = tuple(term.shape[-2:] if term is not None else state["input_size"])
         fold = self._foldable()
-        w1, shift1 = conv1.weight[:, : self.in_channels], None
+        w1, shift1, phases = conv1.weight[:, : self.in_channels], None, None
         if fold:
-            w1, shift1 = fold_bn(w1, bn1)
+            w1, shift1, phases, w2, shift2 = self._folded_weights()
         bias1 = shift1 if term is None else None  # with a skip, the shift is in the term
         cl = channels_last_pays(x, conv1.out_channels)
         if cl:
             x = x.contiguous(memory_format=torch.channels_last)
         if up2_fits(x, size) and conv1.padding == (1, 1):
-            y = up2_conv3x3(x, w1, bias1, size)
+            y = up2_conv3x3(x, w1, bias1, size, phases)
         else:
             y = conv1._conv_forward(F.interpolate(x, size=size, mode="nearest"), w1, bias1)
         if term is not None:
@@ -151,7 +176,6 @@ class DecoderBlock(nn.Module):
             y.view(y.shape[0] // b, b, *y.shape[1:]).add_(term)  # broadcast over the samples
         y = y.relu_() if fold else F.relu(bn1(y), inplace=True)
         if fold:
-            w2, shift2 = fold_bn(conv2.weight, bn2)
             y = conv2._conv_forward(y, w2, shift2).relu_()
         else:
             y = F.relu(bn2(conv2(y)), inplace=True)

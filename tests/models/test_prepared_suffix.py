@@ -146,3 +146,27 @@ def test_training_step_unchanged_by_prepared_path():
     assert grads[0].keys() == grads[1].keys()
     for n in grads[0]:
         assert torch.equal(grads[0][n], grads[1][n]), n
+
+
+def test_folded_weights_are_kept_between_samples_and_follow_weight_changes():
+    # The prepared path derives folded / phase weights once; an in-place change of a weight
+    # or a BN statistic (optimiser step, load_state_dict) must be seen on the next call.
+    m = calibrated_unet("central")
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(2))
+    block = next(s for s in m.stages[m.split_index :] if isinstance(s, DecoderBlock))
+    with torch.no_grad():
+        first = _suffix(m, x, 2, True)["logits"]
+        kept = block._derived[1][0]
+        again = _suffix(m, x, 2, True)["logits"]
+        assert block._derived[1][0] is kept  # not re-derived
+        torch.testing.assert_close(again, first)
+        block.convs[0].weight.mul_(1.5)
+        block.convs[4].running_var.mul_(2.0)
+        changed = _suffix(m, x, 2, True)["logits"]
+        assert block._derived[1][0] is not kept
+        torch.testing.assert_close(changed, _suffix(m, x, 2, False)["logits"], atol=2e-5, rtol=1e-5)
+        assert not torch.allclose(changed, first)
+    m.load_state_dict(copy.deepcopy(calibrated_unet("central", seed=3).state_dict()))
+    with torch.no_grad():
+        fresh = _suffix(m, x, 2, True)["logits"]
+        torch.testing.assert_close(fresh, _suffix(m, x, 2, False)["logits"], atol=2e-5, rtol=1e-5)
