@@ -91,4 +91,3 @@ def test_an_error_while_drawing_reaches_the_caller_and_leaves_no_video(tmp_path,
     with pytest.raises(ValueError, match=f"cannot draw frame {fail}"):
         sink_frames(tmp_path, FakeRender(fail=fail), n=n)
     assert list(tmp_path.iterdir()) == []
-
