@@ -229,13 +229,20 @@ def keeps_quality(r: dict, ref: dict, tol: float) -> bool:
     )
 
 
-def run_checkpoint(path: str, root: Path, args, device) -> tuple[str, dict]:
-    from seguncert.inference.frames import network_size
+def load(path: str, device) -> tuple:
+    """(model, sidecar, training size (H, W) or None) of a checkpoint."""
     from seguncert.io.checkpoint import load_checkpoint
 
     model, info = load_checkpoint(path, map_location=device)
-    name = (info.get("config") or {}).get("model", {}).get("dropout", Path(path).name)
     train_hw = tuple((info.get("config") or {}).get("data", {}).get("size") or ()) or None
+    return model, info, train_hw
+
+
+def run_checkpoint(path: str, root: Path, args, device) -> tuple[str, dict]:
+    from seguncert.inference.frames import network_size
+
+    model, info, train_hw = load(path, device)
+    name = (info.get("config") or {}).get("model", {}).get("dropout", Path(path).name)
     frames = read_frames(root, args.frames, info["meta"])
     ts, ks = parse_ints(args.samples, "--samples"), parse_ints(args.temporal, "--temporal")
     grid = setting_grid(ts, ks, args.net_sizes.split(","), args.temporal_sizes.split(","), train_hw)
@@ -308,24 +315,16 @@ def tool_check(path: str, root: Path, args, device) -> dict:
     """tools/infer.py with its defaults on the first --tool-frames val frames (a PNG folder),
     alternated --repeats times with the model's own frames/s for the same setting on the same
     frames (maps only, --batch frames per call): medians of both."""
-    import cv2
-    from video_fps import run_infer
+    from video_fps import run_infer, write_clip
 
-    from seguncert.io.checkpoint import load_checkpoint
-
-    model, info = load_checkpoint(path, map_location=device)
-    train_hw = tuple((info.get("config") or {}).get("data", {}).get("size") or ()) or None
+    model, info, train_hw = load(path, device)
     name, setting = default_setting(train_hw)
     predict = make_predictor(model, info, setting, args, device)
     step = args.batch if predict.batched else 1
+    rgbs = [rgb for rgb, _ in read_frames(root, args.tool_frames, info["meta"])]
     tool, model_fps = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        clip = Path(tmp) / "clip"
-        clip.mkdir()
-        files = sorted((root / "val").glob("*.png"))[: args.tool_frames]
-        rgbs = [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files]
-        for i, rgb in enumerate(rgbs):
-            cv2.imwrite(str(clip / f"frame_{i:05d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        clip = write_clip(Path(tmp) / "clip", "camvid", len(rgbs), None, str(root))
         args.flow = setting["flow"]
         for _ in range(args.repeats):
             predict.reset()

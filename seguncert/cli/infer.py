@@ -159,8 +159,9 @@ def novelty_scorer(model, info: dict, panels):
     return NoveltyScorer(model, density)
 
 
-def build_predictors(args, models, infos, device, panels=()):
-    """(predictor for the video, predictor for the colour calibration pass)."""
+def build_predictors(args, models, infos, device, panels=(), net=None):
+    """(predictor for the video, predictor for the colour calibration pass); ``net``: the
+    network size of :func:`net_size` (None: native)."""
     from ..inference.frames import FramePredictor, TemporalPredictor
     from ..uncertainty.checkpoint_calibration import checkpoint_calibrator
     from ..uncertainty.ensemble import EnsembleSampler
@@ -175,7 +176,6 @@ def build_predictors(args, models, infos, device, panels=()):
     else:
         sampler = MCSampler(models[0], samples=args.mc_samples, calibrator=cals[0], **opts)
     novelty = novelty_scorer(models[0], infos[0], panels)
-    net = net_size(args.net_size, infos[0])
     calib = FramePredictor(sampler, infos[0]["meta"], device, novelty, net)
     if not args.temporal:
         return calib, calib
@@ -250,7 +250,7 @@ def main(argv=None) -> int:
             view["batch"] = batch
         out_hw = composed_size(view["kind"], view["panels"], view["meta"], view["layout"], hw)
         probe_writer(plans[i].video, out_hw)
-    predict, calib = build_predictors(args, models, infos, device, view["panels"])
+    predict, calib = build_predictors(args, models, infos, device, view["panels"], net)
     total, t0 = 0, time.perf_counter()
     for i in mine:
         done, fps = render_source(sources[i], plans[i], predict, calib, view)

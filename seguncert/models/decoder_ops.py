@@ -2,8 +2,9 @@
 
 Used by :class:`~seguncert.models.unet.DecoderBlock` on a state that
 :meth:`~seguncert.models.unet.BayesianUNet.prepare_suffix` prepared for MC sampling; training and
-plain ``forward`` never see them. All weights are derived from the module's own parameters and buffers
-(the decoder block keeps them until one of those changes), so the state_dict is untouched.
+plain ``forward`` never see them. All weights are derived from the module's own parameters and
+buffers (the decoder block keeps them until one of those changes), so the state_dict is
+untouched.
 
 - :func:`fold_bn`: an eval-mode BatchNorm after a bias-free convolution is a per-channel scale
   of the weights plus a shift, so conv + BN is one convolution (saves a full pass over the
