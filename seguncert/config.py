@@ -68,7 +68,7 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     aleatoric_samples: int = 10  # T_a Gaussian logit samples for heteroscedastic CE
-    class_weights: str = "median_frequency"  # median_frequency | none
+    class_weights: str = "median_frequency"  # median_frequency | sqrt_median_frequency | none
     depth: str = "laplace"  # laplace | gaussian | l1
     multitask: str = "learned"  # learned | fixed  (joint model task weighting)
     # Concrete dropout's regulariser scale 1/N: N = training images x this (see docs/method.md)
@@ -92,7 +92,9 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 8
-    amp: str = "auto"  # auto | off | fp16 | bf16   (auto: fp16 on CUDA, off on CPU)
+    # auto | off | fp16 | bf16 | bf16_native  (auto: fp16 on CUDA, off on CPU; bf16_native:
+    # bf16 on GPUs and CPUs that compute it natively, i.e. AVX512-BF16 or AMX, else off)
+    amp: str = "auto"
     channels_last: bool = False
     seed: int = 0
     val_every: int = 1
@@ -132,12 +134,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": ("unet", "segnet_basic", "segnet"),
     "model.task": ("segmentation", "depth", "joint"),
     "model.dropout": ("central", "encoder", "decoder", "classifier", "all", "none"),
-    "loss.class_weights": ("median_frequency", "none"),
+    "loss.class_weights": ("median_frequency", "sqrt_median_frequency", "none"),
     "loss.depth": ("laplace", "gaussian", "l1"),
     "loss.multitask": ("learned", "fixed"),
     "optim.name": ("adamw", "sgd"),
     "optim.schedule": ("poly", "cosine", "constant"),
-    "train.amp": ("auto", "off", "fp16", "bf16"),
+    "train.amp": ("auto", "off", "fp16", "bf16", "bf16_native"),
 }
 
 

@@ -187,7 +187,7 @@ def build_datasets(cfg):
     val_ds = _limit(val_raw, d.limit_val, "data.limit_val")
 
     meta = dataset_meta(cfg)
-    if cfg.loss.class_weights == "median_frequency" and get_task(task).segmentation:
+    if cfg.loss.class_weights != "none" and get_task(task).segmentation:
         # Before the transform is attached, so the weights come from the raw labels.
         source = train_ds
         if d.dataset == "synthetic" and len(train_ds) > SYNTHETIC_WEIGHT_FRAMES:
@@ -195,6 +195,10 @@ def build_datasets(cfg):
             # a fixed subset estimates the class frequencies without rendering an extra epoch.
             source = Subset(train_ds, range(SYNTHETIC_WEIGHT_FRAMES))
         weights = median_frequency_weights(source, num_classes=cfg.model.num_classes)
+        if cfg.loss.class_weights == "sqrt_median_frequency":
+            # Half the prior shift: rare classes still count more, but not 10-40x more, so
+            # large classes are not painted over by the rare ones (precision vs recall).
+            weights = np.sqrt(weights)
         meta.class_weights = [round(float(w), 6) for w in weights]
 
     train_raw.transform = build_train_transform(

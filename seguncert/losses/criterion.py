@@ -109,10 +109,10 @@ def build_criterion(cfg: Config, meta: DatasetMeta) -> Criterion:
     """Criterion for ``cfg.model.task`` with ``cfg.loss`` settings and the dataset's weights."""
     task = cfg.model.task
     weights = None
-    if get_task(task).segmentation and cfg.loss.class_weights == "median_frequency":
+    if get_task(task).segmentation and cfg.loss.class_weights != "none":
         if meta.class_weights is None:
             raise ConfigError(
-                "loss.class_weights=median_frequency but the dataset metadata has no class "
+                f"loss.class_weights={cfg.loss.class_weights} but the dataset metadata has no class "
                 "weights; set loss.class_weights=none"
             )
         if len(meta.class_weights) != cfg.model.num_classes:

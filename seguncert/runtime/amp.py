@@ -12,10 +12,24 @@ import torch
 from seguncert.errors import ConfigError
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively: a CUDA GPU with bf16 support, or a CPU with
+    AVX512-BF16 or AMX (elsewhere bf16 on the CPU is emulated and slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private: may go away
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def resolve_amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """``auto``: fp16 on CUDA, off on CPU; ``bf16`` on CPU or CUDA; ``fp16`` CUDA only."""
+    """``auto``: fp16 on CUDA, off on CPU; ``bf16`` on CPU or CUDA; ``fp16`` CUDA only;
+    ``bf16_native``: bf16 where :func:`native_bf16` says the device has it, else off."""
     if mode == "off":
         return None
+    if mode == "bf16_native":
+        return torch.bfloat16 if native_bf16(device) else None
     if mode == "auto":
         return torch.float16 if device.type == "cuda" else None
     if mode == "bf16":
@@ -30,7 +44,9 @@ def resolve_amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
                 "train.amp=fp16 needs a CUDA device (use train.amp=bf16 or off on CPU)"
             )
         return torch.float16
-    raise ConfigError(f"config key 'train.amp' is {mode!r}; expected auto, off, fp16 or bf16")
+    raise ConfigError(
+        f"config key 'train.amp' is {mode!r}; expected auto, off, fp16, bf16 or bf16_native"
+    )
 
 
 def autocast(device: torch.device, amp_dtype: torch.dtype | None):

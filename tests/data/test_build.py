@@ -56,6 +56,21 @@ def test_camvid_build_transforms_and_weights(tmp_path):
     np.testing.assert_allclose(meta.class_weights, median_frequency_weights(raw), atol=1e-6)
 
 
+def test_sqrt_median_frequency_weights_are_the_square_roots(tmp_path):
+    make_camvid(tmp_path)
+    cfg = cfg_for(
+        data={"dataset": "camvid", "root": str(tmp_path)},
+        loss={"class_weights": "sqrt_median_frequency"},
+    )
+    _, _, meta = build_datasets(cfg)
+    full = median_frequency_weights(CamVidDataset(tmp_path, "train"))
+    assert (full != 1.0).any()  # the square root must change something to be seen
+    np.testing.assert_allclose(meta.class_weights, np.sqrt(full), atol=1e-6)
+    _, _, none = build_datasets(cfg_for(data={"dataset": "camvid", "root": str(tmp_path)},
+                                        loss={"class_weights": "none"}))  # fmt: skip
+    assert none.class_weights is None
+
+
 def test_limits_and_weights_from_the_limited_set(tmp_path):
     make_camvid(tmp_path)
     cfg = cfg_for(

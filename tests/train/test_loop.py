@@ -174,6 +174,16 @@ def test_amp_resolution():
     assert not make_scaler(CPU, torch.bfloat16).is_enabled()
 
 
+def test_bf16_native_follows_the_cpu(monkeypatch):
+    for avx512_bf16, amx, expect in [(True, False, torch.bfloat16), (False, True, torch.bfloat16),
+                                     (False, False, None)]:  # fmt: skip
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert resolve_amp_dtype("bf16_native", CPU) is expect
+    with pytest.raises(ConfigError, match="bf16_native"):
+        resolve_amp_dtype("bf16native", CPU)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fp16_gradscaler_channels_last_on_cuda():
